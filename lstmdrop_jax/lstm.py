@@ -1,0 +1,346 @@
+"""The recurrent core: a fused LSTM layer scanned over time, and a stack of them.
+
+Parameter layout of one layer (``layer_{k}`` in the stack's parameters)::
+
+  kernel_ih  [F_in, 4H]   input-to-gates kernel
+  kernel_hh  [H,    4H]   recurrent kernel
+  bias       [4H]         one bias (PyTorch's bias_ih + bias_hh)
+
+The gate blocks along the last axis are in the order **i, f, g, o** (input,
+forget, cell candidate, output), the same order as PyTorch ``nn.LSTM`` and
+Keras ``LSTM`` (which calls ``g`` "c"). The kernels are the transposes of
+PyTorch's ``weight_ih_l{k}`` / ``weight_hh_l{k}``, and equal Keras's
+``kernel`` / ``recurrent_kernel``; ``convert.py`` maps both. The cell is::
+
+  z = x_t @ kernel_ih + bias + h_{t-1} @ kernel_hh         # [B, 4H]
+  i, f, g, o = sigmoid(z_i), sigmoid(z_f), tanh(z_g), sigmoid(z_o)
+  c_t = f * c_{t-1} + i * g
+  h_t = o * tanh(c_t)
+
+Speed: ``x @ kernel_ih + bias`` for every step is one matmul *before* the
+scan, so the scan body holds only the ``[B, H] @ [H, 4H]`` recurrent matmul
+and the gate arithmetic. Matmuls run in ``compute_dtype`` with float32
+accumulation; the carry and gate arithmetic stay float32.
+
+Shapes are batch-major at the API (``[B, T, F]``) and time-major inside. A
+carry is a tuple over layers of ``(h, c)`` pairs, each ``[B, H]`` float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.typing import Initializer
+
+from lstmdrop_jax import dropout as dr
+from lstmdrop_jax.dropout import DropoutConfig
+
+Array = jax.Array
+Carry = tuple[tuple[Array, Array], ...]
+
+
+def symmetric_uniform(scale: float) -> Initializer:
+  """Initializer drawing from U(-scale, scale), as in Zaremba et al. (2014)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+  return init
+
+
+def _is_traced(x: Any) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+class _FusedCell(nn.Module):
+  """One time step. Parameter-free: kernels and masks arrive as arguments."""
+
+  compute_dtype: Any
+
+  @nn.compact
+  def __call__(self, carry, xs, kernel_hh, recurrent_scale_BH):
+    h_BH, c_BH = carry
+    xw_BG, valid_B = xs
+    h_in_BH = h_BH * recurrent_scale_BH if recurrent_scale_BH is not None else h_BH
+    z_BG = xw_BG + jnp.dot(
+      h_in_BH.astype(self.compute_dtype), kernel_hh, preferred_element_type=xw_BG.dtype
+    )
+    i, f, g, o = jnp.split(z_BG, 4, axis=-1)
+    c_new = jax.nn.sigmoid(f) * c_BH + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+    if valid_B is None:
+      return (h_new, c_new), h_new
+    v = valid_B[:, None]
+    # Padded steps leave the carry unchanged and emit zeros.
+    carry = (jnp.where(v, h_new, h_BH), jnp.where(v, c_new, c_BH))
+    return carry, jnp.where(v, h_new, 0.0)
+
+
+class LSTMLayer(nn.Module):
+  """One LSTM layer over a time-major sequence (used by ``LSTMStack``).
+
+  Attributes:
+    hidden: units H.
+    unroll: time steps per scan iteration.
+    compute_dtype: dtype of the matmul operands (float32 or bfloat16).
+    kernel_init, recurrent_init, bias_init: initializers; ``forget_bias`` is
+      added to the f-block of the bias at initialisation.
+  """
+
+  hidden: int
+  unroll: int = 8
+  compute_dtype: Any = jnp.float32
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  recurrent_init: Initializer = nn.initializers.orthogonal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+  forget_bias: float = 1.0
+
+  @nn.compact
+  def __call__(
+    self,
+    x_TBF: Array,
+    carry: tuple[Array, Array],
+    *,
+    valid_TB: Array | None = None,
+    recurrent_scale_BH: Array | None = None,
+    weight_keep_HG: Array | None = None,
+    weight_rate: Any = 0.0,
+  ) -> tuple[tuple[Array, Array], Array]:
+    """Returns the final ``(h, c)`` and the outputs ``[T, B, H]`` (float32)."""
+    H, F = self.hidden, x_TBF.shape[-1]
+    if self.has_variable("params", "kernel_ih"):
+      F_init = self.get_variable("params", "kernel_ih").shape[0]
+      if F_init != F:
+        raise ValueError(
+          f"{self.name} was initialised for {F_init} input features but got inputs "
+          f"with {F}; the last axis of x must be the feature axis of size {F_init}"
+        )
+
+    def bias_init(key, shape, dtype=jnp.float32):
+      b = self.bias_init(key, shape, dtype)
+      return b.at[H : 2 * H].add(self.forget_bias)
+
+    kernel_ih = self.param("kernel_ih", self.kernel_init, (F, 4 * H), jnp.float32)
+    kernel_hh = self.param("kernel_hh", self.recurrent_init, (H, 4 * H), jnp.float32)
+    bias = self.param("bias", bias_init, (4 * H,), jnp.float32)
+    if weight_keep_HG is not None:
+      kernel_hh = dr.apply_mask(kernel_hh, weight_keep_HG, weight_rate)
+
+    cdt = self.compute_dtype
+    # Hoisted input projection: one matmul for all T steps.
+    xw_TBG = jnp.dot(
+      x_TBF.astype(cdt), kernel_ih.astype(cdt), preferred_element_type=state_dtype(cdt)
+    )
+    xw_TBG = xw_TBG + bias.astype(xw_TBG.dtype)
+
+    scan = nn.scan(
+      _FusedCell,
+      variable_broadcast="params",
+      split_rngs={"params": False},
+      in_axes=(0, nn.broadcast, nn.broadcast),
+      out_axes=0,
+      unroll=self.unroll,
+    )
+    return scan(compute_dtype=cdt, name="scan")(
+      carry, (xw_TBG, valid_TB), kernel_hh.astype(cdt), recurrent_scale_BH
+    )
+
+
+class LSTMStack(nn.Module):
+  """A stack of LSTM layers with dropout at the input, between layers and output.
+
+  Call signature: ``y, carry = stack(x_BTF, lengths=None, carry=None,
+  train=False, return_sequences=True)``.
+
+  Args (of ``__call__``):
+    x_BTF: ``[B, T, F]`` float inputs.
+    lengths: optional ``[B]`` int valid lengths (``0 <= lengths <= T``).
+      Steps at and after a sequence's length leave its carry unchanged and
+      emit zeros. Checked when concrete (not under ``jit``).
+    carry: optional initial carry (tuple over layers of ``(h, c)``, each
+      ``[B, H]``); zeros when None. See ``initialize_carry``.
+    train: apply dropout. With any non-zero rate this needs a PRNG key:
+      ``stack.apply(variables, x, train=True, rngs={'dropout': key})``.
+      Every mask is drawn from that key, folded in by placement and layer, so
+      no two masks coincide and the same key gives the same masks.
+    return_sequences: if True return ``[B, T, H]``; else only the last
+      valid step's ``[B, H]`` (the classifier's read-out), with the output
+      dropout drawn for that step only.
+
+  Returns:
+    ``(y, carry)``: outputs (float32, after the output placement's dropout)
+    and the final carry. ``train=False`` applies no dropout at all.
+
+  Attributes:
+    hidden: units per layer H (> 0).
+    layers: number of layers (>= 1).
+    dropout: a ``DropoutConfig``; ``embedding`` is ignored here.
+    unroll: time steps per scan iteration (>= 1).
+    compute_dtype: matmul dtype, ``jnp.float32`` or ``jnp.bfloat16``.
+    kernel_init, recurrent_init, bias_init, forget_bias: initialisation.
+  """
+
+  hidden: int
+  layers: int = 1
+  dropout: DropoutConfig = DropoutConfig()
+  unroll: int = 8
+  compute_dtype: Any = jnp.float32
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  recurrent_init: Initializer = nn.initializers.orthogonal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+  forget_bias: float = 1.0
+
+  def __post_init__(self):
+    check_stack_args(self.hidden, self.layers, self.unroll, self.dropout, self.compute_dtype)
+    super().__post_init__()
+
+  def initialize_carry(self, batch_size: int) -> Carry:
+    """Zero carry for ``batch_size`` sequences."""
+    z = jnp.zeros((batch_size, self.hidden), state_dtype(self.compute_dtype))
+    return tuple((z, z) for _ in range(self.layers))
+
+  @nn.compact
+  def __call__(
+    self,
+    x_BTF: Array,
+    *,
+    lengths: Array | None = None,
+    carry: Carry | None = None,
+    train: bool = False,
+    return_sequences: bool = True,
+  ) -> tuple[Array, Carry]:
+    if x_BTF.ndim != 3:
+      raise ValueError(
+        f"LSTMStack expects inputs of shape [batch, time, features], got shape "
+        f"{tuple(x_BTF.shape)} (rank {x_BTF.ndim}); add a feature axis of size 1 "
+        "for univariate series"
+      )
+    B, T, _ = x_BTF.shape
+    valid_TB = None if lengths is None else _valid_steps(lengths, B, T)
+    carry = self.initialize_carry(B) if carry is None else _check_carry(carry, self, B)
+
+    cfg = self.dropout
+    drop = train and any(not dr.is_off(getattr(cfg, n)) for n in dr.RATE_FIELDS[:-1])
+    key = None
+    if drop:
+      if not self.has_rng("dropout"):
+        raise ValueError(
+          "train=True with non-zero dropout needs a PRNG key: call "
+          "model.apply(variables, x, train=True, rngs={'dropout': key}), or pass "
+          "train=False to evaluate"
+        )
+      key = self.make_rng("dropout")
+
+    def drop_seq(x_TBF, placement, layer):
+      rate = getattr(cfg, placement)
+      if not drop or dr.is_off(rate):
+        return x_TBF
+      keep = dr.sequence_mask(
+        dr.mask_key(key, placement, layer), rate, x_TBF.shape, cfg.is_time_locked(placement)
+      )
+      return dr.apply_mask(x_TBF, keep, rate)
+
+    x_TBF = drop_seq(jnp.swapaxes(x_BTF, 0, 1), "input", 0)
+    new_carry = []
+    for layer in range(self.layers):
+      if layer > 0:
+        x_TBF = drop_seq(x_TBF, "between", layer)
+      recurrent_scale_BH = weight_keep_HG = None
+      if drop and not dr.is_off(cfg.recurrent):
+        keep = dr.keep_mask(dr.mask_key(key, "recurrent", layer), cfg.recurrent, (B, self.hidden))
+        ones = jnp.ones((B, self.hidden), state_dtype(self.compute_dtype))
+        recurrent_scale_BH = dr.apply_mask(ones, keep, cfg.recurrent)
+      if drop and not dr.is_off(cfg.weight):
+        weight_keep_HG = dr.keep_mask(
+          dr.mask_key(key, "weight", layer), cfg.weight, (self.hidden, 4 * self.hidden)
+        )
+      layer_carry, x_TBF = LSTMLayer(
+        hidden=self.hidden,
+        unroll=self.unroll,
+        compute_dtype=self.compute_dtype,
+        kernel_init=self.kernel_init,
+        recurrent_init=self.recurrent_init,
+        bias_init=self.bias_init,
+        forget_bias=self.forget_bias,
+        name=f"layer_{layer}",
+      )(
+        x_TBF,
+        carry[layer],
+        valid_TB=valid_TB,
+        recurrent_scale_BH=recurrent_scale_BH,
+        weight_keep_HG=weight_keep_HG,
+        weight_rate=cfg.weight,
+      )
+      new_carry.append(layer_carry)
+
+    if return_sequences:
+      y = drop_seq(x_TBF, "output", self.layers)
+      return jnp.swapaxes(y, 0, 1), tuple(new_carry)
+    # The top layer's final h is its output at the last valid step: padded
+    # steps leave the carry unchanged.
+    last_BH = new_carry[-1][0]
+    if drop and not dr.is_off(cfg.output):
+      keep = dr.keep_mask(dr.mask_key(key, "output", self.layers), cfg.output, last_BH.shape)
+      last_BH = dr.apply_mask(last_BH, keep, cfg.output)
+    return last_BH, tuple(new_carry)
+
+
+def check_stack_args(hidden, layers, unroll, dropout, compute_dtype) -> None:
+  """Shared argument checks of the stack and the models built on it."""
+  if not isinstance(hidden, int) or hidden < 1:
+    raise ValueError(f"hidden must be a positive int (units per layer), got {hidden!r}")
+  if not isinstance(layers, int) or layers < 1:
+    raise ValueError(f"layers must be an int >= 1, got {layers!r}")
+  if not isinstance(unroll, int) or unroll < 1:
+    raise ValueError(f"unroll must be an int >= 1 (time steps per scan iteration), got {unroll!r}")
+  if not isinstance(dropout, DropoutConfig):
+    raise TypeError(
+      f"dropout must be a DropoutConfig, got {type(dropout).__name__}; e.g. "
+      "DropoutConfig(output=0.3)"
+    )
+  if jnp.dtype(compute_dtype) not in _COMPUTE_DTYPES:
+    raise ValueError(
+      f"compute_dtype must be float32 or bfloat16 (or float64 for checks), got {compute_dtype}"
+    )
+
+
+_COMPUTE_DTYPES = tuple(jnp.dtype(d) for d in (jnp.float32, jnp.bfloat16, jnp.float64))
+
+
+def state_dtype(compute_dtype: Any) -> Any:
+  """dtype of the carry and gate arithmetic: float32, or float64 for float64 compute."""
+  return jnp.promote_types(jnp.float32, compute_dtype)
+
+
+def _valid_steps(lengths: Any, B: int, T: int) -> Array:
+  lengths = jnp.asarray(lengths)
+  if lengths.shape != (B,):
+    raise ValueError(f"lengths must have shape [batch] = ({B},), got {tuple(lengths.shape)}")
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise ValueError(f"lengths must be integers, got dtype {lengths.dtype}")
+  if not _is_traced(lengths):
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 0 or hi > T:
+      raise ValueError(
+        f"lengths must lie in [0, T] = [0, {T}], got values from {lo} to {hi}; "
+        "a length counts the valid steps at the start of each sequence"
+      )
+  return jnp.arange(T)[:, None] < lengths[None, :]
+
+
+def _check_carry(carry: Sequence, stack: LSTMStack, B: int) -> Carry:
+  want = (B, stack.hidden)
+  ok = len(carry) == stack.layers and all(
+    len(hc) == 2 and all(tuple(a.shape) == want for a in hc) for hc in carry
+  )
+  if not ok:
+    raise ValueError(
+      f"carry must be a tuple of {stack.layers} (h, c) pairs, each of shape {want}; "
+      "use stack.initialize_carry(batch_size) for a zero carry"
+    )
+  dt = state_dtype(stack.compute_dtype)
+  return tuple((jnp.asarray(h, dt), jnp.asarray(c, dt)) for h, c in carry)

@@ -1,0 +1,175 @@
+"""Models on an ``LSTMStack``: a sequence classifier and a language model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.typing import Initializer
+
+from lstmdrop_jax import dropout as dr
+from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax.lstm import Carry, LSTMStack, symmetric_uniform
+
+Array = jax.Array
+
+
+class SequenceClassifier(nn.Module):
+  """LSTM stack, dropout on its last output, and a dense head.
+
+  The seed's model: ``[Dropout] -> LSTM -> [Dropout] -> LSTM -> [Dropout] ->
+  Dense``, with dropout rates from ``dropout`` (``input``, ``between``,
+  ``output``, and the extensions ``recurrent`` and ``weight``).
+
+  ``model.apply(variables, x_BTF, lengths=None, train=False)`` returns logits:
+  ``[B]`` (one sigmoid logit) when ``num_classes == 2``, else ``[B, K]``
+  (softmax logits), float32. The head reads the last valid step of each
+  sequence (``lengths - 1``, or ``T - 1`` without lengths). ``train=True``
+  applies dropout and needs ``rngs={'dropout': key}``.
+
+  Attributes:
+    num_classes: 2 for a binary problem (one logit), or K > 2.
+    hidden, layers, dropout, unroll, compute_dtype, forget_bias: as in
+      ``LSTMStack``.
+  """
+
+  num_classes: int = 2
+  hidden: int = 64
+  layers: int = 1
+  dropout: DropoutConfig = DropoutConfig()
+  unroll: int = 8
+  compute_dtype: Any = jnp.float32
+  forget_bias: float = 1.0
+
+  def __post_init__(self):
+    if not isinstance(self.num_classes, int) or self.num_classes < 2:
+      raise ValueError(f"num_classes must be an int >= 2, got {self.num_classes!r}")
+    emb = getattr(self.dropout, "embedding", 0.0)
+    if not isinstance(emb, jax.core.Tracer) and float(emb) != 0.0:
+      raise ValueError(
+        "embedding dropout drops whole words and applies to LanguageModel only; "
+        "for a SequenceClassifier use DropoutConfig.input on the features"
+      )
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x_BTF: Array, *, lengths: Array | None = None, train: bool = False) -> Array:
+    h_BH, _ = LSTMStack(
+      hidden=self.hidden,
+      layers=self.layers,
+      dropout=self.dropout,
+      unroll=self.unroll,
+      compute_dtype=self.compute_dtype,
+      forget_bias=self.forget_bias,
+      name="lstm",
+    )(x_BTF, lengths=lengths, train=train, return_sequences=False)
+    binary = self.num_classes == 2
+    logits = nn.Dense(1 if binary else self.num_classes, name="head")(h_BH)
+    return logits[:, 0] if binary else logits
+
+
+class LanguageModel(nn.Module):
+  """Word-level LSTM language model (Zaremba et al., 2014 and successors).
+
+  ``logits_BTV, carry = model.apply(variables, tokens_BT, carry=None,
+  train=False)``: ``tokens_BT`` int ids in ``[0, vocab_size)``; logits float32.
+  Pass the returned carry to the next call to continue the streams
+  (truncated BPTT); ``None`` starts from zeros. ``train=True`` applies
+  dropout and needs ``rngs={'dropout': key}``: ``embedding`` drops whole
+  words, ``input`` acts on the embeddings, ``between`` between layers and
+  ``output`` before the softmax.
+
+  Attributes:
+    vocab_size: V.
+    hidden, layers, dropout, unroll, compute_dtype, forget_bias: as in
+      ``LSTMStack``; ``forget_bias`` defaults to 0 as in Zaremba et al.
+    embed_dim: embedding size (defaults to ``hidden``).
+    tie_weights: use the embedding matrix as the softmax weights (needs
+      ``embed_dim == hidden``).
+    init_scale: if set, every parameter is drawn from U(-s, s) as in Zaremba
+      et al.; otherwise the library defaults.
+  """
+
+  vocab_size: int
+  hidden: int = 200
+  layers: int = 2
+  dropout: DropoutConfig = DropoutConfig()
+  embed_dim: int | None = None
+  tie_weights: bool = False
+  init_scale: float | None = None
+  unroll: int = 8
+  compute_dtype: Any = jnp.float32
+  forget_bias: float = 0.0
+
+  def __post_init__(self):
+    if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
+      raise ValueError(f"vocab_size must be a positive int, got {self.vocab_size!r}")
+    embed_dim = self.hidden if self.embed_dim is None else self.embed_dim
+    if self.tie_weights and embed_dim != self.hidden:
+      raise ValueError(
+        f"tie_weights needs embed_dim == hidden, got embed_dim={embed_dim} and hidden={self.hidden}"
+      )
+    super().__post_init__()
+
+  def _inits(self) -> dict[str, Initializer]:
+    if self.init_scale is None:
+      return {}
+    u = symmetric_uniform(self.init_scale)
+    return {"kernel_init": u, "recurrent_init": u, "bias_init": u}
+
+  def _stack(self) -> LSTMStack:
+    return LSTMStack(
+      hidden=self.hidden,
+      layers=self.layers,
+      dropout=self.dropout,
+      unroll=self.unroll,
+      compute_dtype=self.compute_dtype,
+      forget_bias=self.forget_bias,
+      name="lstm",
+      **self._inits(),
+    )
+
+  def initialize_carry(self, batch_size: int) -> Carry:
+    """Zero carry for ``batch_size`` streams."""
+    return LSTMStack(hidden=self.hidden, layers=self.layers).initialize_carry(batch_size)
+
+  @nn.compact
+  def __call__(
+    self, tokens_BT: Array, *, carry: Carry | None = None, train: bool = False
+  ) -> tuple[Array, Carry]:
+    if tokens_BT.ndim != 2 or not jnp.issubdtype(tokens_BT.dtype, jnp.integer):
+      raise ValueError(
+        f"LanguageModel expects int token ids of shape [batch, time], got "
+        f"{tokens_BT.dtype} of shape {tuple(tokens_BT.shape)}"
+      )
+    inits = self._inits()
+    embed_dim = self.hidden if self.embed_dim is None else self.embed_dim
+    embed = nn.Embed(
+      self.vocab_size,
+      embed_dim,
+      embedding_init=inits.get("kernel_init", nn.initializers.normal(1.0)),
+      name="embed",
+    )
+    x_BTE = embed(tokens_BT)
+    rate = self.dropout.embedding
+    if train and not dr.is_off(rate):
+      if not self.has_rng("dropout"):
+        raise ValueError(
+          "train=True with non-zero dropout needs a PRNG key: call "
+          "model.apply(variables, tokens, train=True, rngs={'dropout': key})"
+        )
+      key = dr.mask_key(self.make_rng("dropout"), "embedding")
+      keep_V = dr.keep_mask(key, rate, (self.vocab_size,))
+      # Whole-word dropout: a word's row is dropped for the whole batch.
+      x_BTE = dr.apply_mask(x_BTE, keep_V[tokens_BT][..., None], rate)
+    y_BTH, carry = self._stack()(x_BTE, carry=carry, train=train)
+    if self.tie_weights:
+      logits = embed.attend(y_BTH)
+    else:
+      dense_inits = {}
+      if self.init_scale is not None:
+        dense_inits = {"kernel_init": inits["kernel_init"], "bias_init": inits["bias_init"]}
+      logits = nn.Dense(self.vocab_size, name="head", **dense_inits)(y_BTH)
+    return logits, carry

@@ -1,0 +1,175 @@
+"""Property tests of dropout: masks, scaling, keys, placements."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstmdrop_jax import DropoutConfig, LSTMStack, SequenceClassifier
+from lstmdrop_jax import dropout as dr
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.5, 0.9])
+def test_kept_values_are_scaled_and_dropped_are_zero(rate):
+  x = jax.random.normal(jax.random.key(0), (64, 33))
+  y = dr.dropout(x, rate, jax.random.key(1), train=True)
+  kept = y != 0
+  # The rate is a float32 value inside the model, so 1 - rate is too.
+  np.testing.assert_array_equal(y[kept], (x / (1 - np.float32(rate)))[kept])
+  assert kept.sum() > 0 and (~kept).sum() > 0
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.5])
+def test_dropped_fraction_within_binomial_error(rate):
+  n = 200_000
+  keep = dr.keep_mask(jax.random.key(3), rate, (n,))
+  dropped = 1.0 - float(keep.mean())
+  sigma = np.sqrt(rate * (1 - rate) / n)
+  assert abs(dropped - rate) < 5 * sigma, (dropped, rate, sigma)
+
+
+def test_rate_zero_and_eval_are_identities():
+  x = jax.random.normal(jax.random.key(0), (8, 5))
+  np.testing.assert_array_equal(dr.dropout(x, 0.0, jax.random.key(1), train=True), x)
+  np.testing.assert_array_equal(dr.dropout(x, 0.5, jax.random.key(1), train=False), x)
+  # A traced rate of 0 is an identity too (every unit kept, scale 1).
+  y = jax.jit(lambda r: dr.dropout(x, r, jax.random.key(1), train=True))(jnp.float32(0.0))
+  np.testing.assert_array_equal(y, x)
+
+
+def test_model_rate_zero_and_train_false_are_identities():
+  x = jax.random.normal(jax.random.key(0), (4, 12, 3))
+  off = SequenceClassifier(hidden=8, layers=2)
+  on = off.clone(dropout=DropoutConfig(0.3, 0.3, 0.3, recurrent=0.3, weight=0.3))
+  v = off.init(jax.random.key(1), x)
+  base = off.apply(v, x)
+  np.testing.assert_array_equal(on.apply(v, x, train=False), base)
+  # train=True with every rate zero needs no key and changes nothing.
+  np.testing.assert_array_equal(off.apply(v, x, train=True), base)
+
+
+def test_time_locked_mask_is_constant_over_time_and_per_step_is_not():
+  shape = (50, 6, 7)
+  locked = jnp.broadcast_to(dr.sequence_mask(jax.random.key(0), 0.5, shape, True), shape)
+  per_step = dr.sequence_mask(jax.random.key(0), 0.5, shape, False)
+  assert per_step.shape == shape
+  assert bool(jnp.all(locked == locked[:1]))
+  assert not bool(jnp.all(per_step == per_step[:1]))
+
+
+def test_same_key_same_mask_other_key_other_mask():
+  a = dr.keep_mask(jax.random.key(7), 0.5, (1000,))
+  b = dr.keep_mask(jax.random.key(7), 0.5, (1000,))
+  c = dr.keep_mask(jax.random.key(8), 0.5, (1000,))
+  np.testing.assert_array_equal(a, b)
+  assert not bool(jnp.all(a == c))
+
+
+def _record_masks(monkeypatch):
+  """Records every keep-mask a forward pass draws (un-jitted, so concrete)."""
+  drawn = []
+  orig = dr.keep_mask
+
+  def recording(key, rate, shape):
+    m = orig(key, rate, shape)
+    drawn.append(np.asarray(m))
+    return m
+
+  monkeypatch.setattr(dr, "keep_mask", recording)
+  return drawn
+
+
+def test_placements_and_layers_draw_independent_masks(monkeypatch):
+  H, F = 16, 16  # equal sizes so every placement's mask has the same shape
+  cfg = DropoutConfig(input=0.5, between=0.5, output=0.5, recurrent=0.5, time_locked=True)
+  stack = LSTMStack(hidden=H, layers=3, dropout=cfg)
+  x = jnp.ones((32, 5, F))
+  v = stack.init(jax.random.key(0), x)
+  drawn = _record_masks(monkeypatch)
+  stack.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)})
+  # input, between x2, output (time-locked [1, B, H]) and recurrent x3 ([B, H]).
+  masks = [m.reshape(32, H) for m in drawn]
+  assert len(masks) == 7
+  for i in range(len(masks)):
+    for j in range(i):
+      agree = float((masks[i] == masks[j]).mean())
+      # Independent p=0.5 masks agree on about half the entries (512 of them).
+      assert 0.35 < agree < 0.65, (i, j, agree)
+
+
+def test_time_locked_switch_per_placement(monkeypatch):
+  cfg = DropoutConfig(input=0.5, between=0.5, output=0.5, time_locked=["between"])
+  assert cfg.time_locked == frozenset({"between"})
+  stack = LSTMStack(hidden=4, layers=2, dropout=cfg)
+  x = jnp.ones((3, 9, 4))
+  v = stack.init(jax.random.key(0), x)
+  drawn = _record_masks(monkeypatch)
+  stack.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)})
+  assert [m.shape for m in drawn] == [(9, 3, 4), (1, 3, 4), (9, 3, 4)]
+
+
+def test_output_placement_scales_kept_outputs():
+  x = jax.random.normal(jax.random.key(0), (8, 6, 3))
+  cfg = DropoutConfig(output=0.4)
+  stack = LSTMStack(hidden=5, layers=2, dropout=cfg)
+  v = stack.init(jax.random.key(1), x)
+  y_eval, _ = stack.apply(v, x)
+  y_train, _ = stack.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)})
+  kept = y_train != 0
+  np.testing.assert_array_equal(y_train[kept], (y_eval / (1 - np.float32(0.4)))[kept])
+  assert 0.2 < 1 - float(kept.mean()) < 0.6
+
+
+def test_same_key_same_output_other_key_other_output():
+  x = jax.random.normal(jax.random.key(0), (4, 10, 3))
+  m = SequenceClassifier(hidden=8, layers=2, dropout=DropoutConfig(0.2, 0.3, 0.4, recurrent=0.2))
+  v = m.init(jax.random.key(1), x)
+  run = lambda k: m.apply(v, x, train=True, rngs={"dropout": jax.random.key(k)})
+  np.testing.assert_array_equal(run(5), run(5))
+  assert not np.array_equal(run(5), run(6))
+
+
+def test_training_without_a_key_fails_clearly():
+  x = jnp.ones((2, 4, 3))
+  m = SequenceClassifier(hidden=4, dropout=DropoutConfig(output=0.5))
+  v = m.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match=r"needs a PRNG key.*rngs=\{'dropout': key\}"):
+    m.apply(v, x, train=True)
+
+
+def test_traced_rates_match_concrete_rates_and_compile_once():
+  x = jax.random.normal(jax.random.key(0), (4, 7, 3))
+  m = SequenceClassifier(hidden=8, layers=2, dropout=DropoutConfig(0.1, 0.2, 0.3))
+  v = m.init(jax.random.key(1), x)
+  key = jax.random.key(2)
+
+  @jax.jit
+  def f(cfg):
+    return m.clone(dropout=cfg).apply(v, x, train=True, rngs={"dropout": key})
+
+  want = m.apply(v, x, train=True, rngs={"dropout": key})
+  np.testing.assert_array_equal(f(m.dropout.as_arrays()), want)
+  f(DropoutConfig(0.5, 0.0, 0.2).as_arrays())
+  assert f._cache_size() == 1
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), "0.2"])
+def test_rate_outside_unit_interval_rejected(bad):
+  with pytest.raises(ValueError, match="dropout rate 'between'"):
+    DropoutConfig(between=bad)
+
+
+def test_unknown_placement_rejected_with_valid_names():
+  with pytest.raises(ValueError, match=r"valid placements are \['input', 'between', 'output'\]"):
+    DropoutConfig(output=0.2, time_locked=["outptu"])
+  with pytest.raises(ValueError, match=r"valid names are \['input', 'between', 'output'"):
+    DropoutConfig.from_placements({"hidden": 0.3})
+  assert DropoutConfig.from_placements({"output": 0.3}).output == 0.3
+
+
+def test_config_is_a_pytree_with_static_time_locking():
+  cfg = DropoutConfig(input=0.1, output=0.3, time_locked=True)
+  leaves, treedef = jax.tree.flatten(cfg)
+  assert leaves == [0.1, 0.0, 0.3, 0.0, 0.0, 0.0]
+  back = jax.tree.unflatten(treedef, leaves)
+  assert back == cfg and back.time_locked == frozenset(dr.PLACEMENTS)
