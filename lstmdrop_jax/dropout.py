@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Collection
 from typing import Any
 
 import jax
@@ -80,6 +79,9 @@ def check_rate(name: str, rate: Any) -> None:
 class DropoutConfig:
   """Dropout rates for an ``LSTMStack`` and the models built on it.
 
+  Rates are floats, or JAX scalars inside a jitted function (see
+  ``as_arrays``).
+
   Attributes:
     input: rate on the features (or embeddings) entering the first layer.
     between: rate on each layer's output sequence before the next layer.
@@ -104,13 +106,13 @@ class DropoutConfig:
       ``time_locked``.
   """
 
-  input: Any = 0.0
-  between: Any = 0.0
-  output: Any = 0.0
-  recurrent: Any = 0.0
-  weight: Any = 0.0
-  embedding: Any = 0.0
-  time_locked: bool | Collection[str] = False
+  input: float = 0.0
+  between: float = 0.0
+  output: float = 0.0
+  recurrent: float = 0.0
+  weight: float = 0.0
+  embedding: float = 0.0
+  time_locked: bool | tuple[str, ...] = False
 
   def __post_init__(self):
     for name in RATE_FIELDS:
@@ -126,7 +128,8 @@ class DropoutConfig:
         f"unknown placement(s) {unknown} in time_locked; valid placements are "
         f"{list(PLACEMENTS)} (or pass True/False for all/none)"
       )
-    object.__setattr__(self, "time_locked", frozenset(locked))
+    # Normalised to a tuple in placement order (hashable, JSON- and CLI-friendly).
+    object.__setattr__(self, "time_locked", tuple(p for p in PLACEMENTS if p in locked))
 
   @classmethod
   def from_placements(cls, rates: dict[str, Any], **kwargs) -> DropoutConfig:

@@ -1,0 +1,119 @@
+"""Datasets and input pipelines (numpy only, no JAX).
+
+Classification (``[N, T, F]`` series, one label each):
+
+* ``"synthetic"``: the motivating text's shape (T=100, F=20, binary), a
+  planted temporal signal in noise, a small noisy training set.
+* UCR/UEA through aeon: the bundled ``BUNDLED`` datasets load offline; any
+  other name aeon knows loads from ``.ts`` files under ``data_dir``.
+
+``load_dataset(name, seed=...)`` returns a ``Dataset`` whose official train
+split is split again into train/val by ``seed``; ``train_batches`` and
+``eval_batches`` turn a ``Split`` into static-shape batches.
+
+Language modelling: ``lstmdrop_jax.data.ptb`` (Penn Treebank).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+
+from lstmdrop_jax.data.batching import (
+  Dataset,
+  Split,
+  check_val_fraction,
+  epoch_order,
+  eval_batches,
+  num_batches,
+  train_batches,
+)
+
+#: UCR/UEA datasets that aeon ships, so they load without the network.
+BUNDLED = ("GunPoint", "BasicMotions", "ArrowHead", "ItalyPowerDemand", "JapaneseVowels")
+#: Names that always work.
+DATASETS = ("synthetic", *BUNDLED)
+
+__all__ = [
+  "BUNDLED",
+  "DATASETS",
+  "Dataset",
+  "Split",
+  "check_dataset_name",
+  "epoch_order",
+  "eval_batches",
+  "load_dataset",
+  "num_batches",
+  "train_batches",
+]
+
+
+def _aeon_names() -> set[str]:
+  """Every classification dataset name aeon lists (UCR univariate, UEA multivariate)."""
+  from aeon.datasets import tsc_datasets
+
+  names = set()
+  for attr in ("univariate", "multivariate", "tsc_zenodo"):
+    names.update(getattr(tsc_datasets, attr, ()))
+  return names
+
+
+def check_dataset_name(name: str, data_dir: str | None = None) -> None:
+  """Raises ``ValueError`` unless ``load_dataset`` can know ``name``.
+
+  Valid: a name in ``DATASETS``, any UCR/UEA name in aeon's lists, or a
+  folder ``data_dir/name`` holding ``name_TRAIN.ts`` and ``name_TEST.ts``.
+  Loads nothing; whether the files of a non-bundled dataset exist is checked
+  by ``load_dataset``.
+  """
+  if not isinstance(name, str):
+    raise ValueError(f"dataset name must be a string, got {name!r}")
+  if name in DATASETS:
+    return
+  if data_dir is not None:
+    from lstmdrop_jax.data.ucr import has_ts_files
+
+    if has_ts_files(os.path.expanduser(data_dir), name):
+      return
+  known = _aeon_names()
+  if name in known:
+    return
+  candidates = list(dict.fromkeys([*DATASETS, *sorted(known)]))
+  close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.75)
+  hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+  raise ValueError(
+    f"unknown dataset {name!r}. Valid names: {', '.join(DATASETS)}. Any other UCR/UEA "
+    f"classification dataset that aeon knows (aeon.datasets.tsc_datasets) also works "
+    f"once its .ts files are under data_dir (data_dir/<name>/<name>_TRAIN.ts and "
+    f"_TEST.ts).{hint}"
+  )
+
+
+def load_dataset(
+  name: str, *, seed: int, val_fraction: float = 0.3, data_dir: str | None = None
+) -> Dataset:
+  """Loads a classification dataset by name.
+
+  Args:
+    name: ``"synthetic"``, a ``BUNDLED`` name, or another UCR/UEA name whose
+      ``.ts`` files lie under ``data_dir``.
+    seed: picks the train/val split of the official train split (not the
+      synthetic task, which is fixed).
+    val_fraction: share of the official train split held out, in ``(0, 1)``.
+    data_dir: folder of ``<name>/<name>_{TRAIN,TEST}.ts`` files for datasets
+      aeon does not bundle.
+
+  Raises:
+    ValueError: an unknown name (the message lists the valid ones) or a bad
+      ``val_fraction``.
+    FileNotFoundError: a known but not bundled dataset missing from ``data_dir``.
+  """
+  check_val_fraction(val_fraction)
+  check_dataset_name(name, data_dir)
+  if name == "synthetic":
+    from lstmdrop_jax.data.synthetic import make_synthetic
+
+    return make_synthetic(seed, val_fraction=val_fraction)
+  from lstmdrop_jax.data.ucr import load_ucr
+
+  return load_ucr(name, seed, val_fraction=val_fraction, extract_path=data_dir)

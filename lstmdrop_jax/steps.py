@@ -1,0 +1,274 @@
+"""Pure training and evaluation steps, losses and optimisers.
+
+``train_step(state, batch, key) -> (state, metrics)`` is a pure function of
+its arguments: the dropout key of a step is ``fold_in(key, state.step)``, so
+nothing random lives outside the state and a resumed run draws the masks the
+uninterrupted run would have drawn. Dropout rates live in the state as
+traced scalars, so one compiled step serves every rate (and ``vmap`` over
+states trains K runs with different seeds or rates at once).
+
+Metrics are sums (loss sum, correct count, example or token count) kept on
+device; the caller adds them up and fetches them once per logging interval.
+
+Batches: a classification batch is ``{'x': [B, T, F], 'y': [B], 'mask': [B]}``
+plus ``'lengths': [B]`` for variable-length data; a language-model batch is
+``{'x': [B, T], 'y': [B, T]}`` token ids, the model's carry living in
+``state.carry`` across consecutive batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax.models import LanguageModel
+
+Array = jax.Array
+Batch = dict[str, Array]
+Metrics = dict[str, Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training run updates.
+
+  Attributes:
+    step: int32 scalar, number of updates so far.
+    params: the model's ``variables['params']``.
+    opt_state: the optax state.
+    dropout: the run's ``DropoutConfig`` with JAX scalar rates.
+    carry: the language model's carry across batches (``None`` for
+      classifiers); reset to zeros at the start of each epoch.
+  """
+
+  step: Array
+  params: Any
+  opt_state: Any
+  dropout: DropoutConfig
+  carry: Any = None
+
+
+def create_train_state(
+  model: nn.Module, tx: optax.GradientTransformation, key: Array, sample_x: Array
+) -> TrainState:
+  """Initialises parameters from ``key`` and the optimiser state."""
+  params = model.init(key, sample_x)["params"]
+  carry = None
+  if isinstance(model, LanguageModel):
+    carry = model.initialize_carry(sample_x.shape[0])
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    dropout=model.dropout.as_arrays(),
+    carry=carry,
+  )
+
+
+# --- learning-rate schedules and optimisers ---------------------------------
+
+
+def lr_at_epoch(learning_rate: float, epoch: int, lr_decay: float, decay_after: int) -> float:
+  """Learning rate of 1-based ``epoch``: divided by ``lr_decay`` once per epoch after
+  ``decay_after`` epochs (Zaremba et al.: ``lr / decay ** max(epoch - decay_after, 0)``)."""
+  return learning_rate / lr_decay ** max(epoch - decay_after, 0)
+
+
+def epoch_decay_schedule(
+  learning_rate: float, steps_per_epoch: int, lr_decay: float = 1.0, decay_after: int = 0
+) -> optax.Schedule:
+  """``lr_at_epoch`` as an optax schedule over steps (constant when ``lr_decay == 1``)."""
+
+  def schedule(step):
+    epoch = step // steps_per_epoch + 1
+    return learning_rate / lr_decay ** jnp.maximum(epoch - decay_after, 0).astype(jnp.float32)
+
+  return schedule
+
+
+def make_optimizer(
+  name: str,
+  learning_rate: float,
+  *,
+  steps_per_epoch: int,
+  lr_decay: float = 1.0,
+  decay_after: int = 0,
+  clip_norm: float | None = None,
+  weight_decay: float = 0.0,
+  momentum: float = 0.0,
+) -> optax.GradientTransformation:
+  """Adam or SGD with an epoch-wise decay schedule and global-norm clipping.
+
+  Args:
+    name: ``"adam"`` or ``"sgd"``.
+    learning_rate: initial learning rate.
+    steps_per_epoch: updates per epoch (the schedule counts epochs).
+    lr_decay: divide the rate by this once per epoch after ``decay_after``.
+    decay_after: epochs at the initial rate.
+    clip_norm: clip gradients to this global norm (None: no clipping).
+    weight_decay: decoupled weight decay (AdamW for adam; added to the
+      gradient for SGD).
+    momentum: SGD momentum.
+  """
+  schedule = epoch_decay_schedule(learning_rate, steps_per_epoch, lr_decay, decay_after)
+  if name == "adam":
+    opt = optax.adamw(schedule, weight_decay=weight_decay) if weight_decay else optax.adam(schedule)
+  elif name == "sgd":
+    opt = optax.chain(
+      optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
+      optax.sgd(schedule, momentum=momentum or None),
+    )
+  else:
+    raise ValueError(f"unknown optimizer {name!r}; valid names are ['adam', 'sgd']")
+  if clip_norm is None:
+    return opt
+  return optax.chain(optax.clip_by_global_norm(clip_norm), opt)
+
+
+# --- losses -----------------------------------------------------------------
+
+
+def classification_metrics(logits: Array, y: Array, mask: Array) -> Metrics:
+  """Summed loss, correct count and example count over the unmasked rows.
+
+  ``logits`` ``[B]`` is one sigmoid logit (binary), ``[B, K]`` softmax logits.
+  """
+  if logits.ndim == 1:
+    loss_B = optax.sigmoid_binary_cross_entropy(logits, y.astype(logits.dtype))
+    pred_B = (logits > 0).astype(y.dtype)
+  else:
+    loss_B = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    pred_B = jnp.argmax(logits, -1).astype(y.dtype)
+  w = mask.astype(jnp.float32)
+  return {
+    "loss_sum": jnp.sum(loss_B * w),
+    "correct": jnp.sum((pred_B == y) * w),
+    "count": jnp.sum(w),
+  }
+
+
+def lm_metrics(logits_BTV: Array, y_BT: Array, mask_BT: Array | None = None) -> Metrics:
+  """Summed negative log-likelihood and token count (over ``mask_BT`` if given)."""
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, y_BT)
+  if mask_BT is None:
+    return {"loss_sum": jnp.sum(nll), "count": jnp.asarray(nll.size, jnp.float32)}
+  w = mask_BT.astype(jnp.float32)
+  return {"loss_sum": jnp.sum(nll * w), "count": jnp.sum(w)}
+
+
+def _forward(model, params, state, batch, *, train, key=None, carry=None):
+  """Logits and (for language models) the new carry."""
+  m = model.clone(dropout=state.dropout)
+  rngs = None if key is None else {"dropout": key}
+  if isinstance(model, LanguageModel):
+    return m.apply({"params": params}, batch["x"], carry=carry, train=train, rngs=rngs)
+  logits = m.apply(
+    {"params": params}, batch["x"], lengths=batch.get("lengths"), train=train, rngs=rngs
+  )
+  return logits, None
+
+
+def make_train_step(
+  model: nn.Module, tx: optax.GradientTransformation
+) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
+  """Builds the pure ``train_step(state, batch, key) -> (state, metrics)``.
+
+  ``key`` is the run's dropout key; the step's key is ``fold_in(key,
+  state.step)``. The classifier's loss is the mean over the batch's valid
+  examples. The language model's loss is Zaremba et al.'s: the sum over the
+  unrolled steps of the batch-mean NLL (so their learning rate and clipping
+  threshold apply unchanged). The step is not jitted here: jit it (with
+  ``donate_argnums=0``), vmap it, or scan it over an epoch.
+  """
+  is_lm = isinstance(model, LanguageModel)
+
+  def loss_fn(params, state, batch, key):
+    logits, carry = _forward(model, params, state, batch, train=True, key=key, carry=state.carry)
+    if is_lm:
+      m = lm_metrics(logits, batch["y"])
+      loss = m["loss_sum"] / batch["y"].shape[0]
+    else:
+      m = classification_metrics(logits, batch["y"], batch["mask"])
+      loss = m["loss_sum"] / jnp.maximum(m["count"], 1.0)
+    return loss, (m, carry)
+
+  def train_step(state: TrainState, batch: Batch, key: Array):
+    step_key = jax.random.fold_in(key, state.step)
+    grads, (metrics, carry) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch, step_key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+    new_state = state.replace(
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      carry=jax.lax.stop_gradient(carry) if is_lm else None,
+    )
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable[..., Any]:
+  """Builds ``eval_step(state, batch) -> metrics`` (classifier) or
+  ``eval_step(state, batch, carry) -> (metrics, carry)`` (language model);
+  no dropout."""
+  if isinstance(model, LanguageModel):
+
+    def lm_eval_step(state: TrainState, batch: Batch, carry):
+      logits, carry = _forward(model, state.params, state, batch, train=False, carry=carry)
+      return lm_metrics(logits, batch["y"], batch.get("mask")), carry
+
+    return lm_eval_step
+
+  def eval_step(state: TrainState, batch: Batch) -> Metrics:
+    logits, _ = _forward(model, state.params, state, batch, train=False)
+    return classification_metrics(logits, batch["y"], batch["mask"])
+
+  return eval_step
+
+
+def make_mc_eval_step(model: nn.Module, samples: int) -> Callable[..., Metrics]:
+  """Monte-Carlo dropout: ``mc_eval_step(state, batch, key) -> metrics``.
+
+  Runs ``samples`` stochastic forward passes (dropout on, one key each,
+  vmapped) and scores the mean predicted probability. For classifiers only.
+  """
+  if isinstance(model, LanguageModel):
+    raise ValueError("Monte-Carlo evaluation is implemented for classifiers only")
+  if samples < 1:
+    raise ValueError(f"Monte-Carlo samples must be >= 1, got {samples}")
+
+  def mc_eval_step(state: TrainState, batch: Batch, key: Array) -> Metrics:
+    def probs(k):
+      logits, _ = _forward(model, state.params, state, batch, train=True, key=k)
+      return jax.nn.sigmoid(logits) if logits.ndim == 1 else jax.nn.softmax(logits)
+
+    p = jnp.mean(jax.vmap(probs)(jax.random.split(key, samples)), axis=0)
+    y, w = batch["y"], batch["mask"].astype(jnp.float32)
+    eps = 1e-7
+    if p.ndim == 1:
+      nll = -(y * jnp.log(p + eps) + (1 - y) * jnp.log(1 - p + eps))
+      pred = (p > 0.5).astype(y.dtype)
+    else:
+      nll = -jnp.log(jnp.take_along_axis(p, y[:, None], 1)[:, 0] + eps)
+      pred = jnp.argmax(p, -1).astype(y.dtype)
+    return {
+      "loss_sum": jnp.sum(nll * w),
+      "correct": jnp.sum((pred == y) * w),
+      "count": jnp.sum(w),
+    }
+
+  return mc_eval_step
+
+
+def add_metrics(a: Metrics | None, b: Metrics) -> Metrics:
+  """Sums two metric dicts on device (``a`` may be None)."""
+  return b if a is None else jax.tree.map(jnp.add, a, b)

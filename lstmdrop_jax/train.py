@@ -1,0 +1,523 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``, and its CLI.
+
+One loop trains one run, or K runs at once (``train_runs``): runs that share
+the model's shape and differ in seed and dropout rates are stacked on a
+leading axis and trained by one ``vmap``-ed, jitted epoch function, each run
+still writing its own run folder. Every run has its own epoch counter, so
+runs resumed from different checkpoints train together; a run that finishes,
+stops early or diverges is frozen while the others go on.
+
+An epoch is one compiled call: ``lax.scan`` of the pure ``train_step`` over
+the epoch's batches, metrics summed on device and fetched once.
+
+Command line (every ``Config`` field is a flag; see ``--help``)::
+
+  python -m lstmdrop_jax.train --workdir runs/gunpoint --dataset GunPoint \\
+      --dropout.output 0.3 --epochs 200
+
+Re-running the same command resumes the run bit for bit from its last
+checkpoint; the same folder with another config is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+# Both are dependencies; a bare GPU machine without them still imports this module
+# and trains (without a bar), only the command line needs tyro.
+try:
+  from tqdm.auto import tqdm
+except ImportError:  # pragma: no cover
+  tqdm = None
+try:
+  import tyro
+except ImportError:  # pragma: no cover
+  tyro = None
+
+from lstmdrop_jax import steps
+from lstmdrop_jax.checkpoint import (
+  RunCheckpoints,
+  check_workdir,
+  prepare_run_folder,
+  read_jsonl,
+  write_json_atomic,
+)
+from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax.models import LanguageModel, SequenceClassifier
+from lstmdrop_jax.tasks import ClassificationData, LanguageModelData, is_language_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """One training run. Every field is a command-line flag."""
+
+  # Data.
+  dataset: str = "GunPoint"
+  """'synthetic', a UCR/UEA name (GunPoint, BasicMotions, ArrowHead, ItalyPowerDemand,
+  JapaneseVowels, or any name aeon knows, with data_dir), or 'ptb' (with data_dir)."""
+  data_dir: str | None = None
+  """Folder of the data files (PTB's ptb.*.txt; UCR .ts files not bundled with aeon)."""
+  val_fraction: float = 0.3
+  """Fraction of the official training split held out for validation (classification)."""
+
+  # Model.
+  hidden: int = 64
+  """LSTM units per layer."""
+  layers: int = 2
+  """Number of LSTM layers."""
+  dropout: DropoutConfig = DropoutConfig()
+  """Dropout rates by placement, and time-locked masks."""
+  unroll: int = 8
+  """Time steps per scan iteration."""
+  compute_dtype: Literal["float32", "bfloat16"] = "float32"
+  """Matmul dtype; the carry and gate arithmetic stay float32."""
+  forget_bias: float | None = None
+  """Added to the forget-gate bias at initialisation (default 1 for classifiers, 0 for LMs)."""
+  init_scale: float | None = None
+  """Language models: draw every parameter from U(-s, s) (Zaremba et al.)."""
+  tie_weights: bool = False
+  """Language models: share the embedding and softmax weights."""
+  num_steps: int = 35
+  """Language models: unrolled steps per batch (truncated BPTT)."""
+
+  # Optimisation.
+  optimizer: Literal["adam", "sgd"] = "adam"
+  learning_rate: float = 1e-3
+  lr_decay: float = 1.0
+  """Divide the learning rate by this once per epoch after decay_after epochs."""
+  decay_after: int = 0
+  """Epochs at the initial learning rate before the decay starts."""
+  clip_norm: float | None = 5.0
+  """Clip gradients to this global norm (None: no clipping)."""
+  weight_decay: float = 0.0
+  batch_size: int = 16
+  epochs: int = 100
+  early_stopping: int = 0
+  """Stop after this many epochs without a better validation score (0: never)."""
+  seed: int = 0
+  """Seeds the initialisation, the train/validation split, data order and dropout masks."""
+
+  # Evaluation and checkpoints.
+  eval_every: int = 1
+  """Evaluate every this many epochs (and always at the last)."""
+  eval_batch_size: int = 256
+  """Classification: examples per evaluation batch."""
+  mc_samples: int = 0
+  """Classification: also score the best checkpoint with this many Monte-Carlo dropout passes."""
+  checkpoint_every: int = 10
+  """Checkpoint every this many epochs (and always at the end)."""
+  keep_checkpoints: int = 2
+  """How many of the latest checkpoints to keep (the best is kept besides)."""
+
+  def validate(self) -> None:
+    """Raises ``ValueError`` naming the first bad field and what to do."""
+    if self.dataset != "ptb":
+      from lstmdrop_jax.data import check_dataset_name
+
+      check_dataset_name(self.dataset)
+    elif self.data_dir is None:
+      raise ValueError(
+        "dataset 'ptb' needs --data-dir, the folder holding ptb.{train,valid,test}.txt"
+      )
+    positive = (
+      "hidden layers unroll num_steps batch_size epochs eval_every eval_batch_size "
+      "checkpoint_every keep_checkpoints"
+    )
+    for name in positive.split():
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    for name in ("early_stopping", "mc_samples", "decay_after"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+    if not 0.0 < self.val_fraction < 1.0:
+      raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+    if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+      raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
+    if not self.lr_decay >= 1.0:
+      raise ValueError(
+        f"lr_decay divides the rate each epoch and must be >= 1, got {self.lr_decay}"
+      )
+    if self.clip_norm is not None and not self.clip_norm > 0:
+      raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
+    if self.weight_decay < 0:
+      raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+    if not isinstance(self.dropout, DropoutConfig):
+      raise ValueError(f"dropout must be a DropoutConfig, got {type(self.dropout).__name__}")
+    DropoutConfig(**self.to_dict()["dropout"])  # re-checks the rates
+    if self.dataset != "ptb" and float(self.dropout.embedding) != 0.0:
+      raise ValueError("dropout.embedding applies to language models (dataset 'ptb') only")
+    if self.dataset == "ptb" and self.mc_samples:
+      raise ValueError("mc_samples is implemented for classifiers only")
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready dict (``config.json``)."""
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    drop = self.dropout
+    d["dropout"] = {
+      n: float(getattr(drop, n))
+      for n in ("input", "between", "output", "recurrent", "weight", "embedding")
+    }
+    d["dropout"]["time_locked"] = list(drop.time_locked)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> Config:
+    d = dict(d)
+    drop = dict(d.pop("dropout"))
+    drop["time_locked"] = tuple(drop.get("time_locked", ()))
+    return cls(**d, dropout=DropoutConfig(**drop))
+
+
+# Fields that may differ between runs trained together (vmapped).
+_PER_RUN_FIELDS = ("seed", "dropout")
+
+
+def build_model(config: Config, num_classes: int | None = None, vocab_size: int | None = None):
+  """The model a config describes (``SequenceClassifier`` or ``LanguageModel``)."""
+  common = dict(
+    hidden=config.hidden,
+    layers=config.layers,
+    dropout=config.dropout,
+    unroll=config.unroll,
+    compute_dtype=jnp.dtype(config.compute_dtype),
+  )
+  if is_language_model(config.dataset):
+    return LanguageModel(
+      vocab_size=vocab_size,
+      init_scale=config.init_scale,
+      tie_weights=config.tie_weights,
+      forget_bias=0.0 if config.forget_bias is None else config.forget_bias,
+      **common,
+    )
+  return SequenceClassifier(
+    num_classes=num_classes,
+    forget_bias=1.0 if config.forget_bias is None else config.forget_bias,
+    **common,
+  )
+
+
+def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
+  """Trains one run in ``workdir`` (resuming it if it exists) and returns its summary.
+
+  Raises:
+    ValueError: a bad config, or ``workdir`` holds another config.
+    FloatingPointError: the loss or the parameters became non-finite; the
+      last good checkpoint is kept.
+  """
+  summary = train_runs([config], [workdir])[0]
+  if summary["status"] == "diverged":
+    raise FloatingPointError(summary["error"])
+  return summary
+
+
+def train_runs(
+  configs: Sequence[Config], workdirs: Sequence[str | Path], *, progress: bool = True
+) -> list[dict[str, Any]]:
+  """Trains K runs together (one vmapped step), each in its own run folder.
+
+  The configs may differ only in ``seed`` and the dropout rates (not in
+  ``dropout.time_locked``). Finished runs are read back, not retrained.
+
+  Returns:
+    One summary per run, in order. A run whose loss became non-finite has
+    ``status == 'diverged'`` and an ``error``; its folder keeps its last
+    good checkpoint.
+  """
+  if not configs or len(configs) != len(workdirs):
+    raise ValueError(
+      f"need one workdir per config, got {len(configs)} configs and {len(workdirs)} workdirs"
+    )
+  for c in configs:
+    c.validate()
+  _check_stackable(configs)
+  paths = [check_workdir(w).absolute() for w in workdirs]
+  if len(set(paths)) != len(paths):
+    raise ValueError("two runs share a workdir; give each run its own folder")
+  paths = [prepare_run_folder(p, c.to_dict()) for p, c in zip(paths, configs, strict=True)]
+  summaries: list[dict | None] = [_read_summary(p) for p in paths]
+  todo = [k for k, s in enumerate(summaries) if s is None]
+  if todo:
+    done = _train_group([configs[k] for k in todo], [paths[k] for k in todo], progress=progress)
+    for k, s in zip(todo, done, strict=True):
+      summaries[k] = s
+  return summaries  # type: ignore[return-value]
+
+
+def _check_stackable(configs: Sequence[Config]) -> None:
+  ref = configs[0].to_dict()
+  for c in configs[1:]:
+    d = c.to_dict()
+    diff = [k for k in ref if k not in _PER_RUN_FIELDS and ref[k] != d[k]]
+    if ref["dropout"]["time_locked"] != d["dropout"]["time_locked"]:
+      diff.append("dropout.time_locked")
+    if diff:
+      raise ValueError(
+        f"runs trained together may differ only in seed and dropout rates; these differ: {diff}"
+      )
+
+
+def _read_summary(path: Path) -> dict | None:
+  f = path / "summary.json"
+  return json.loads(f.read_text()) if f.exists() else None
+
+
+@dataclasses.dataclass
+class _Run:
+  """Host-side bookkeeping of one run (saved as the checkpoint's ``meta``)."""
+
+  config: Config
+  path: Path
+  ckpt: RunCheckpoints
+  index: int  # position in the stacked state
+  template: Any  # a fresh state: the structure checkpoints restore into
+  epoch: int = 0
+  best: dict[str, Any] | None = None
+  elapsed: float = 0.0
+  status: str = "running"
+  error: str | None = None
+
+  def meta(self) -> dict[str, Any]:
+    return {"epoch": self.epoch, "best": self.best, "elapsed": self.elapsed}
+
+  def log(self, record: dict[str, Any]) -> None:
+    with open(self.path / "metrics.jsonl", "a") as f:
+      f.write(json.dumps(record, sort_keys=True) + "\n")
+
+  def truncate_log(self, epoch: int) -> None:
+    """Keeps the log records of epochs up to ``epoch`` (those the checkpoint saw)."""
+    kept = [r for r in read_jsonl(self.path / "metrics.jsonl") if r.get("epoch", 0) <= epoch]
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+    tmp = self.path / ".metrics.jsonl.tmp"
+    tmp.write_text(text)
+    tmp.replace(self.path / "metrics.jsonl")
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _index(tree: Any, k: int) -> Any:
+  return jax.tree.map(lambda a: a[k], tree)
+
+
+def _train_group(configs: Sequence[Config], paths: Sequence[Path], *, progress: bool) -> list[dict]:
+  cfg = configs[0]
+  lm = is_language_model(cfg.dataset)
+  data = LanguageModelData(configs) if lm else ClassificationData(configs)
+  model = build_model(
+    cfg,
+    num_classes=getattr(data, "num_classes", None),
+    vocab_size=getattr(data, "vocab_size", None),
+  )
+  tx = steps.make_optimizer(
+    cfg.optimizer,
+    cfg.learning_rate,
+    steps_per_epoch=data.steps_per_epoch,
+    lr_decay=cfg.lr_decay,
+    decay_after=cfg.decay_after,
+    clip_norm=cfg.clip_norm,
+    weight_decay=cfg.weight_decay,
+  )
+  train_step = steps.make_train_step(model, tx)
+  eval_split = data.make_eval_split(model)
+
+  def run_epoch(state, batches, key, active):
+    if lm:  # the hidden state is reset at the start of each epoch
+      state = state.replace(carry=jax.tree.map(jnp.zeros_like, state.carry))
+    new, per_step = jax.lax.scan(lambda s, b: train_step(s, b, key), state, batches)
+    metrics = jax.tree.map(lambda a: jnp.sum(a, 0), per_step)
+    metrics["finite"] = jnp.isfinite(optax.tree.norm(new.params)) & jnp.isfinite(
+      metrics["loss_sum"]
+    )
+    # Frozen runs (finished, stopped, diverged) keep their state.
+    new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
+    return new, metrics
+
+  epoch_fn = jax.jit(jax.vmap(run_epoch), donate_argnums=0)
+  eval_fn = jax.jit(jax.vmap(eval_split))
+
+  runs, states, keys = [], [], []
+  for c, p in zip(configs, paths, strict=True):
+    init_key, dropout_key = jax.random.split(jax.random.key(c.seed))
+    fresh = steps.create_train_state(model.clone(dropout=c.dropout), tx, init_key, data.sample_x)
+    run = _Run(c, p, RunCheckpoints(p, keep=c.keep_checkpoints), len(runs), fresh)
+    restored = run.ckpt.restore(fresh)
+    if restored is None:
+      run.truncate_log(0)
+      state = fresh
+    else:
+      state, meta = restored
+      run.epoch, run.best, run.elapsed = meta["epoch"], meta["best"], meta["elapsed"]
+      run.ckpt.discard_after(run.epoch)
+      run.truncate_log(run.epoch)
+    if run.epoch == 0:
+      run.log(
+        {"event": "start", "epoch": 0, "n_params": _count(state.params), **data.describe(len(runs))}
+      )
+    runs.append(run)
+    states.append(state)
+    keys.append(dropout_key)
+  states, keys = _stack(states), jnp.stack(keys)
+  eval_batches = data.eval_batches()
+
+  bar = tqdm(
+    total=sum(c.epochs for c in configs),
+    initial=sum(r.epoch for r in runs),
+    desc=f"{cfg.dataset} x{len(runs)}",
+    unit="epoch",
+    disable=not progress,
+    file=sys.stderr,
+  )
+  try:
+    for run in runs:  # killed after its last checkpoint but before its summary
+      _check_done(run)
+      if run.status != "running":
+        _finish(run, data, model)
+    while any(r.status == "running" for r in runs):
+      active = [r.status == "running" for r in runs]
+      t0 = time.perf_counter()
+      epochs = [r.epoch + 1 if a else 1 for r, a in zip(runs, active, strict=True)]
+      states, metrics = epoch_fn(
+        states, data.train_epoch_batches(epochs), keys, jnp.asarray(active)
+      )
+      metrics = jax.device_get(metrics)
+      elapsed = time.perf_counter() - t0
+      trained = [k for k in range(len(runs)) if active[k]]
+      for k in trained:
+        run = runs[k]
+        run.epoch += 1
+        run.elapsed += elapsed
+        bar.update(1)
+        m = {n: float(v[k]) for n, v in metrics.items()}
+        record = {"epoch": run.epoch, "step": run.epoch * data.steps_per_epoch, "time": run.elapsed}
+        record.update(data.train_record(m, run.config, run.epoch))
+        if m["finite"]:
+          run.log(record)
+          continue
+        run.status = "diverged"
+        run.error = (
+          f"non-finite training loss or parameters in epoch {run.epoch} of {run.path}; "
+          f"the last good checkpoint (epoch {run.ckpt.latest_epoch()}) is kept. Lower the "
+          "learning rate or clip gradients (--clip-norm)"
+        )
+        run.log({**record, "event": "diverged", "error": run.error})
+        _finish(run, data, model)
+      need_eval = [
+        k
+        for k in trained
+        if runs[k].status == "running"
+        and (
+          runs[k].epoch % runs[k].config.eval_every == 0 or runs[k].epoch >= runs[k].config.epochs
+        )
+      ]
+      if need_eval:
+        evals = {split: jax.device_get(eval_fn(states, b)) for split, b in eval_batches.items()}
+      for k in trained:
+        run = runs[k]
+        if run.status != "running":
+          continue
+        improved = False
+        if k in need_eval:
+          record = {"epoch": run.epoch, "event": "eval"}
+          for split, ev in evals.items():
+            record.update(data.eval_record(split, {n: float(v[k]) for n, v in ev.items()}))
+          run.log(record)
+          improved = run.best is None or data.better(record, run.best)
+          if improved:
+            run.best = record
+        _check_done(run)
+        if improved or run.status != "running" or run.epoch % run.config.checkpoint_every == 0:
+          run.ckpt.save(run.epoch, _index(states, k), run.meta(), best=improved)
+        if run.status != "running":
+          _finish(run, data, model)
+      bar.set_postfix_str(data.postfix([r.best for r in runs]))
+  finally:
+    bar.close()
+    for r in runs:
+      r.ckpt.close()
+  return [_read_summary(r.path) for r in runs]
+
+
+class _NoBar:
+  def __init__(self, **_):
+    pass
+
+  def update(self, n: int) -> None:
+    pass
+
+  def set_postfix_str(self, s: str) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def _check_done(run: _Run) -> None:
+  """Marks a run finished (all epochs) or early-stopped (no recent improvement)."""
+  c = run.config
+  if run.status != "running":
+    return
+  if run.epoch >= c.epochs:
+    run.status = "finished"
+  elif c.early_stopping and run.best and run.epoch - run.best["epoch"] >= c.early_stopping:
+    run.status = "early_stopped"
+
+
+def _finish(run: _Run, data, model) -> None:
+  """Writes ``summary.json`` (and runs the Monte-Carlo evaluation if asked)."""
+  records = read_jsonl(run.path / "metrics.jsonl")
+  evals = [r for r in records if r.get("event") == "eval"]
+  summary = {
+    "status": run.status,
+    "epochs": run.epoch,
+    "steps": run.epoch * data.steps_per_epoch,
+    "wall_time_s": run.elapsed,
+    "final": evals[-1] if evals else None,
+    "best": run.best,
+    "device": jax.devices()[0].device_kind,
+  }
+  if run.error:
+    summary["error"] = run.error
+  if run.config.mc_samples and run.best is not None:
+    summary["mc"] = data.mc_evaluate(model, run)
+  write_json_atomic(run.path / "summary.json", summary)
+
+
+def _count(params) -> int:
+  return int(sum(np.prod(a.shape) for a in jax.tree.leaves(params)))
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Command-line entry point: ``python -m lstmdrop_jax.train --workdir DIR [flags]``."""
+  try:
+    args = tyro.cli(_Cli, args=argv, description=__doc__.split("\n\n")[0])
+    summary = train_and_evaluate(args.config, args.workdir)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
+  print(json.dumps({k: summary[k] for k in ("status", "epochs", "best")}, indent=2))
+  return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cli:
+  workdir: Path
+  """Run folder: created if absent, resumed if it holds this config."""
+  config: Annotated[Config, tyro.conf.arg(name="")] = Config()
+
+
+if __name__ == "__main__":
+  main()
