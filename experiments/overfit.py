@@ -49,23 +49,23 @@ class Args:
   """Seeds per setting (each seed: initialisation, train/val split, order, masks)."""
   rates: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
   placements: tuple[str, ...] = PLACEMENTS
-  hidden: int = 128
+  hidden: int = 64
   layers: int = 2
-  epochs: int = 300
+  epochs: int = 200
   batch_size: int = 16
   learning_rate: float = 2e-3
   eval_every: int = 5
   group_size: int = 0
   """Runs trained together in one vmapped step (0: the whole grid)."""
   quick: bool = False
-  """A CPU-sized version: 2 seeds, rates 0.2 and 0.5, 64 units, 100 epochs."""
+  """A CPU-sized version: 2 seeds, rates 0.2 and 0.5, 32 units, 60 epochs."""
   out: Path | None = None
   """Output folder (default results/overfit_<dataset>[_quick])."""
 
   def resolved(self) -> Args:
     if not self.quick:
       return self
-    return dataclasses.replace(self, seeds=2, rates=(0.2, 0.5), hidden=64, epochs=100, eval_every=5)
+    return dataclasses.replace(self, seeds=2, rates=(0.2, 0.5), hidden=32, epochs=60, eval_every=5)
 
 
 def grid(args: Args) -> list[tuple[str, Config]]:

@@ -133,7 +133,8 @@ class LanguageModel(nn.Module):
 
   def initialize_carry(self, batch_size: int) -> Carry:
     """Zero carry for ``batch_size`` streams."""
-    return LSTMStack(hidden=self.hidden, layers=self.layers).initialize_carry(batch_size)
+    stack = LSTMStack(self.hidden, self.layers, compute_dtype=self.compute_dtype, parent=None)
+    return stack.initialize_carry(batch_size)
 
   @nn.compact
   def __call__(

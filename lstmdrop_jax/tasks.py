@@ -155,9 +155,10 @@ class LanguageModelData:
     self.ptb = ptb_lib.load_ptb(c.data_dir)
     self.vocab_size = len(self.ptb.vocab)
     self.num_steps = c.num_steps
-    self.steps_per_epoch = ptb_lib.num_bptt_batches(len(self.ptb.train), c.batch_size, c.num_steps)
+    train = self.ptb.train if c.train_tokens is None else self.ptb.train[: c.train_tokens]
+    self.steps_per_epoch = ptb_lib.num_bptt_batches(len(train), c.batch_size, c.num_steps)
     self.sample_x = jnp.zeros((c.batch_size, c.num_steps), jnp.int32)
-    xs, ys = zip(*ptb_lib.bptt_batches(self.ptb.train, c.batch_size, c.num_steps), strict=True)
+    xs, ys = zip(*ptb_lib.bptt_batches(train, c.batch_size, c.num_steps), strict=True)
     self._train = {"x": np.stack(xs), "y": np.stack(ys)}
 
   def describe(self, k: int) -> dict[str, Any]:

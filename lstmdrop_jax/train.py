@@ -91,6 +91,8 @@ class Config:
   """Language models: share the embedding and softmax weights."""
   num_steps: int = 35
   """Language models: unrolled steps per batch (truncated BPTT)."""
+  train_tokens: int | None = None
+  """Language models: train on the first N training tokens only (smoke tests)."""
 
   # Optimisation.
   optimizer: Literal["adam", "sgd"] = "adam"
@@ -126,7 +128,7 @@ class Config:
     if self.dataset != "ptb":
       from lstmdrop_jax.data import check_dataset_name
 
-      check_dataset_name(self.dataset)
+      check_dataset_name(self.dataset, self.data_dir)
     elif self.data_dir is None:
       raise ValueError(
         "dataset 'ptb' needs --data-dir, the folder holding ptb.{train,valid,test}.txt"

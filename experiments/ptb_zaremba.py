@@ -1,0 +1,177 @@
+"""Penn Treebank word-level language modelling: Zaremba et al. (2014), Table 1.
+
+Zaremba, Sutskever and Vinyals regularise a two-layer LSTM with dropout at
+exactly this library's three placements (embedding -> layer 1, between the
+layers, top layer -> softmax), a fresh mask at every step and none on
+``h_{t-1}``. This script trains their small (non-regularised), medium and
+large configurations and writes our perplexities next to the paper's; on
+the medium configuration it also runs the variants: each placement removed
+in turn, and time-locked (variational) masks instead of per-step ones.
+
+The loss is theirs: the sum over the unrolled steps of the batch-mean
+negative log-likelihood, so their learning rate (1) and clipping thresholds
+(5, 10) apply unchanged. Perplexity is ``exp(mean NLL per token)`` over a
+whole split, evaluated as one stream (batch 1), the hidden state carried
+from window to window and reset at the start of each evaluation and epoch.
+
+Commands::
+
+  python experiments/ptb_zaremba.py --config small          # CPU: about 1.5 h on 2 cores
+  python experiments/ptb_zaremba.py --config medium         # GPU (scripts/gpu_ptb.sh)
+  python experiments/ptb_zaremba.py --config medium --variants
+  python experiments/ptb_zaremba.py --quick                 # a CPU smoke test of a few minutes
+
+Outputs go to ``results/ptb/`` (``runs/<name>/`` run folders, resumable, and
+``ptb_table.{md,csv}``, ``ptb_variants.{md,csv}``). Results: docs/ptb.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import sys
+from pathlib import Path
+
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lstmdrop_jax.checkpoint import read_jsonl
+from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax.train import Config, train_and_evaluate
+
+# Paper's Table 1 (validation, test perplexity); Gal & Ghahramani (2016) for
+# the variational medium model with untied masks.
+PAPER = {
+  "small": (120.7, 114.5),
+  "medium": (86.2, 82.7),
+  "large": (82.2, 78.4),
+  "medium_variational": (81.9, 79.7),
+}
+
+
+def zaremba(name: str, data_dir: str) -> Config:
+  """The paper's configurations (and its reference code's details)."""
+  common = dict(
+    dataset="ptb",
+    data_dir=data_dir,
+    layers=2,
+    optimizer="sgd",
+    learning_rate=1.0,
+    batch_size=20,
+    forget_bias=0.0,
+    eval_every=1,
+    checkpoint_every=1,
+    keep_checkpoints=1,
+  )
+  if name == "small":
+    return Config(hidden=200, num_steps=20, init_scale=0.1, lr_decay=2.0, decay_after=4,
+                  epochs=13, clip_norm=5.0, **common)  # fmt: skip
+  if name == "medium":
+    return Config(hidden=650, num_steps=35, init_scale=0.05, lr_decay=1.2, decay_after=6,
+                  epochs=39, clip_norm=5.0, dropout=DropoutConfig(0.5, 0.5, 0.5),
+                  **common)  # fmt: skip
+  if name == "large":
+    return Config(hidden=1500, num_steps=35, init_scale=0.04, lr_decay=1.15, decay_after=14,
+                  epochs=55, clip_norm=10.0, dropout=DropoutConfig(0.65, 0.65, 0.65),
+                  **common)  # fmt: skip
+  raise ValueError(f"unknown configuration {name!r}; valid ones are small, medium, large")
+
+
+def variants(medium: Config) -> dict[str, Config]:
+  """The medium model with each placement removed, and with time-locked masks."""
+  d = medium.dropout
+  return {
+    "medium_no_input": dataclasses.replace(medium, dropout=d.replace(input=0.0)),
+    "medium_no_between": dataclasses.replace(medium, dropout=d.replace(between=0.0)),
+    "medium_no_output": dataclasses.replace(medium, dropout=d.replace(output=0.0)),
+    "medium_variational": dataclasses.replace(medium, dropout=d.replace(time_locked=True)),
+  }
+
+
+def quick(config: Config) -> Config:
+  """A CPU smoke test: the same recipe, 2x32 units, 2 epochs."""
+  return dataclasses.replace(config, hidden=32, epochs=2, decay_after=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+  """Zaremba et al. (2014) on PTB: our perplexities next to the paper's."""
+
+  config: str = "small"
+  """small, medium or large."""
+  variants: bool = False
+  """Also train the medium variants (placements removed; time-locked masks)."""
+  data_dir: str = "../shared/data/ptb"
+  """Folder with ptb.{train,valid,test}.txt (Mikolov's simple-examples/data)."""
+  out: Path = Path("results/ptb")
+  quick: bool = False
+  """2x32 units, 2 epochs: checks the pipeline in a few minutes on a CPU."""
+  epochs: int | None = None
+  """Override the number of epochs (e.g. to fit a time budget); the table says so."""
+
+
+def _row(name: str, summary: dict, cfg: Config, records: list[dict]) -> dict:
+  final = summary["final"]
+  train_ppl = [r for r in records if "train_ppl" in r]
+  val, test = PAPER.get(name, (None, None))
+  return {
+    "model": name,
+    "size": f"{cfg.layers}x{cfg.hidden}",
+    "dropout": "/".join(f"{getattr(cfg.dropout, p):g}" for p in ("input", "between", "output"))
+    + (" locked" if cfg.dropout.time_locked else ""),
+    "epochs": summary["epochs"],
+    "paper val": val,
+    "paper test": test,
+    "train ppl": round(train_ppl[-1]["train_ppl"], 1) if train_ppl else None,
+    "val ppl": round(final["val/ppl"], 1),
+    "test ppl": round(final["test/ppl"], 1),
+    "wall time (min)": round(summary["wall_time_s"] / 60, 1),
+    "device": summary["device"],
+  }
+
+
+def write_table(rows: list[dict], out: Path, stem: str) -> Path:
+  out.mkdir(parents=True, exist_ok=True)
+  cols = list(rows[0])
+  fmt = lambda v: "n/a" if v is None else str(v)
+  md = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+  md += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+  (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+  with open(out / f"{stem}.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, cols)
+    w.writeheader()
+    w.writerows(rows)
+  return out / f"{stem}.md"
+
+
+def run(name: str, cfg: Config, out: Path) -> dict:
+  workdir = out / "runs" / name
+  summary = train_and_evaluate(cfg, workdir)
+  return _row(name, summary, cfg, read_jsonl(workdir / "metrics.jsonl"))
+
+
+def main(argv=None) -> None:
+  args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
+  base = zaremba(args.config, args.data_dir)
+  jobs = {args.config: base}
+  if args.variants:
+    if args.config != "medium":
+      raise SystemExit("error: --variants applies to --config medium")
+    jobs.update(variants(base))
+  if args.quick:
+    jobs = {f"{k}_quick": quick(c) for k, c in jobs.items()}
+  if args.epochs is not None:
+    jobs = {
+      f"{k}_{args.epochs}ep": dataclasses.replace(c, epochs=args.epochs) for k, c in jobs.items()
+    }
+  for c in jobs.values():
+    c.validate()
+  rows = [run(name, cfg, args.out) for name, cfg in jobs.items()]
+  stem = "ptb_variants" if args.variants else f"ptb_{args.config}{'_quick' if args.quick else ''}"
+  path = write_table(rows, args.out, stem)
+  print(path.read_text())
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,133 @@
+"""Steps, losses and schedules; language-model training through the loop."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lstmdrop_jax import DropoutConfig, LanguageModel, SequenceClassifier, steps
+from lstmdrop_jax.checkpoint import read_jsonl
+
+PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
+
+# Zaremba et al.'s learning rate by epoch, written out from their table:
+# small: halved each epoch after epoch 4 (13 epochs); medium: divided by 1.2
+# after epoch 6 (39); large: divided by 1.15 after epoch 14 (55).
+ZAREMBA_LR = {
+  "small": [1.0] * 4 + [0.5**k for k in range(1, 10)],
+  "medium": [1.0] * 6 + [1.2**-k for k in range(1, 34)],
+  "large": [1.0] * 14 + [1.15**-k for k in range(1, 42)],
+}
+
+
+@pytest.mark.parametrize("name", ["small", "medium", "large"])
+def test_schedule_reproduces_zaremba_table(name):
+  import experiments.ptb_zaremba as exp
+
+  cfg = exp.zaremba(name, str(PTB))
+  want = ZAREMBA_LR[name]
+  assert cfg.epochs == len(want)
+  got = [
+    steps.lr_at_epoch(cfg.learning_rate, e, cfg.lr_decay, cfg.decay_after)
+    for e in range(1, cfg.epochs + 1)
+  ]
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  # The optax schedule gives the same rate at every step of each epoch.
+  spe = 7
+  sched = steps.epoch_decay_schedule(cfg.learning_rate, spe, cfg.lr_decay, cfg.decay_after)
+  per_step = np.asarray(jax.vmap(sched)(jnp.arange(spe * cfg.epochs)))
+  np.testing.assert_allclose(per_step, np.repeat(want, spe), rtol=1e-5)  # float32
+
+
+def test_optimizer_clips_by_global_norm_and_rejects_unknown_names():
+  tx = steps.make_optimizer("sgd", 1.0, steps_per_epoch=1, clip_norm=0.5)
+  params = {"w": jnp.zeros(4)}
+  updates, _ = tx.update({"w": jnp.full(4, 10.0)}, tx.init(params), params)
+  np.testing.assert_allclose(optax.tree.norm(updates), 0.5, rtol=1e-6)
+  with pytest.raises(
+    ValueError, match=r"unknown optimizer 'adagrad'; valid names are \['adam', 'sgd'\]"
+  ):
+    steps.make_optimizer("adagrad", 1.0, steps_per_epoch=1)
+
+
+def test_classification_metrics_binary_and_multiclass():
+  logits = jnp.array([2.0, -1.0, 0.5, 3.0])
+  y = jnp.array([1, 1, 0, 0])
+  mask = jnp.array([True, True, True, False])
+  m = steps.classification_metrics(logits, y, mask)
+  p = jax.nn.sigmoid(logits[:3])
+  want = -np.sum(np.log(np.where(y[:3] == 1, p, 1 - p)))
+  np.testing.assert_allclose(m["loss_sum"], want, rtol=1e-6)
+  assert (float(m["correct"]), float(m["count"])) == (1.0, 3.0)
+  logits = jnp.array([[3.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+  m = steps.classification_metrics(logits, jnp.array([0, 1]), jnp.array([True, True]))
+  assert float(m["correct"]) == 1.0
+
+
+def test_train_step_is_pure_and_changes_every_parameter():
+  model = SequenceClassifier(
+    hidden=6, layers=2, dropout=DropoutConfig(0.2, 0.2, 0.2, recurrent=0.1, weight=0.1), unroll=1
+  )
+  tx = steps.make_optimizer("adam", 1e-2, steps_per_epoch=1)
+  x = jax.random.normal(jax.random.key(0), (8, 5, 3))
+  batch = {"x": x, "y": jnp.arange(8) % 2, "mask": jnp.ones(8, bool)}
+  state = steps.create_train_state(model, tx, jax.random.key(1), x)
+  step = jax.jit(steps.make_train_step(model, tx))
+  s1, m1 = step(state, batch, jax.random.key(2))
+  s1b, m1b = step(state, batch, jax.random.key(2))
+  jax.tree.map(np.testing.assert_array_equal, (s1.params, m1), (s1b.params, m1b))
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, s1.params)
+  assert all(jax.tree.leaves(changed)), changed
+  assert int(s1.step) == 1
+  # The step's masks depend on state.step: the next step draws other masks.
+  _, m2 = step(s1, batch, jax.random.key(2))
+  assert float(m2["loss_sum"]) != float(m1["loss_sum"])
+
+
+def test_language_model_carry_continuity_in_eval_step():
+  lm = LanguageModel(vocab_size=30, hidden=8, layers=2, unroll=1)
+  tokens = jax.random.randint(jax.random.key(0), (2, 17), 0, 30)
+  x, y = tokens[:, :-1], tokens[:, 1:]
+  state = steps.create_train_state(lm, optax.sgd(1.0), jax.random.key(1), x)
+  ev = steps.make_eval_step(lm)
+  carry0 = lm.initialize_carry(2)
+  full, c_full = ev(state, {"x": x, "y": y}, carry0)
+  a, c_half = ev(state, {"x": x[:, :8], "y": y[:, :8]}, carry0)
+  b, c_end = ev(state, {"x": x[:, 8:], "y": y[:, 8:]}, c_half)
+  np.testing.assert_allclose(a["loss_sum"] + b["loss_sum"], full["loss_sum"], rtol=1e-5)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-6), c_end, c_full)
+
+
+def test_mc_dropout_averages_stochastic_passes():
+  model = SequenceClassifier(hidden=6, dropout=DropoutConfig(output=0.5), unroll=1)
+  x = jax.random.normal(jax.random.key(0), (4, 5, 3))
+  batch = {"x": x, "y": jnp.array([0, 1, 0, 1]), "mask": jnp.ones(4, bool)}
+  state = steps.create_train_state(model, optax.sgd(0.1), jax.random.key(1), x)
+  mc = steps.make_mc_eval_step(model, samples=16)
+  m = mc(state, batch, jax.random.key(3))
+  assert float(m["count"]) == 4.0 and 0.0 <= float(m["correct"]) <= 4.0
+  # One pass with rate 0 equals the deterministic evaluation.
+  off = steps.make_mc_eval_step(model.clone(dropout=DropoutConfig()), samples=1)
+  det = steps.make_eval_step(model)(state.replace(dropout=DropoutConfig().as_arrays()), batch)
+  got = off(state.replace(dropout=DropoutConfig().as_arrays()), batch, jax.random.key(0))
+  np.testing.assert_allclose(got["loss_sum"], det["loss_sum"], rtol=1e-4)
+  assert float(got["correct"]) == float(det["correct"])
+
+
+@pytest.mark.skipif(not PTB.exists(), reason=f"PTB not found at {PTB}")
+def test_tiny_language_model_run_lowers_validation_perplexity(tmp_path):
+  from lstmdrop_jax.train import Config, train_and_evaluate
+
+  cfg = Config(
+      dataset="ptb", data_dir=str(PTB), hidden=16, layers=1, num_steps=10, batch_size=20,
+      train_tokens=30_000, optimizer="sgd", learning_rate=1.0, init_scale=0.1, epochs=2,
+      dropout=DropoutConfig(input=0.1, output=0.1), unroll=1,
+  )  # fmt: skip
+  summary = train_and_evaluate(cfg, tmp_path / "lm")
+  evals = [r for r in read_jsonl(tmp_path / "lm" / "metrics.jsonl") if r.get("event") == "eval"]
+  assert [e["epoch"] for e in evals] == [1, 2]
+  assert evals[1]["val/ppl"] < evals[0]["val/ppl"] < 10_000  # better than uniform
+  assert summary["final"]["test/ppl"] < 10_000
