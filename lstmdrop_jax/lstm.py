@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from flax.typing import Initializer
 
 from lstmdrop_jax import dropout as dr
+from lstmdrop_jax import fused
 from lstmdrop_jax.dropout import DropoutConfig
 
 Array = jax.Array
@@ -56,8 +57,12 @@ def _is_traced(x: Any) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
-class _FusedCell(nn.Module):
-  """One time step. Parameter-free: kernels and masks arrive as arguments."""
+class _ScanCell(nn.Module):
+  """One time step for ``nn.scan`` (the autodiff path, ``impl="scan"``).
+
+  Parameter-free: kernels and masks arrive as arguments. The equations are
+  ``fused._step``'s, so both paths compute the same function.
+  """
 
   compute_dtype: Any
 
@@ -65,19 +70,10 @@ class _FusedCell(nn.Module):
   def __call__(self, carry, xs, kernel_hh, recurrent_scale_BH):
     h_BH, c_BH = carry
     xw_BG, valid_B = xs
-    h_in_BH = h_BH * recurrent_scale_BH if recurrent_scale_BH is not None else h_BH
-    z_BG = xw_BG + jnp.dot(
-      h_in_BH.astype(self.compute_dtype), kernel_hh, preferred_element_type=xw_BG.dtype
+    h, c, y, _ = fused._step(
+      h_BH, c_BH, xw_BG, valid_B, kernel_hh, recurrent_scale_BH, self.compute_dtype
     )
-    i, f, g, o = jnp.split(z_BG, 4, axis=-1)
-    c_new = jax.nn.sigmoid(f) * c_BH + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
-    if valid_B is None:
-      return (h_new, c_new), h_new
-    v = valid_B[:, None]
-    # Padded steps leave the carry unchanged and emit zeros.
-    carry = (jnp.where(v, h_new, h_BH), jnp.where(v, c_new, c_BH))
-    return carry, jnp.where(v, h_new, 0.0)
+    return (h, c), y
 
 
 class LSTMLayer(nn.Module):
@@ -87,6 +83,8 @@ class LSTMLayer(nn.Module):
     hidden: units H.
     unroll: time steps per scan iteration.
     compute_dtype: dtype of the matmul operands (float32 or bfloat16).
+    impl: ``"fused"`` (hand-written backward pass, the default) or ``"scan"``
+      (``nn.scan`` differentiated by autodiff); the same function.
     kernel_init, recurrent_init, bias_init: initializers; ``forget_bias`` is
       added to the f-block of the bias at initialisation.
   """
@@ -94,6 +92,7 @@ class LSTMLayer(nn.Module):
   hidden: int
   unroll: int = 8
   compute_dtype: Any = jnp.float32
+  impl: str = "fused"
   kernel_init: Initializer = nn.initializers.lecun_normal()
   recurrent_init: Initializer = nn.initializers.orthogonal()
   bias_init: Initializer = nn.initializers.zeros_init()
@@ -137,8 +136,14 @@ class LSTMLayer(nn.Module):
     )
     xw_TBG = xw_TBG + bias.astype(xw_TBG.dtype)
 
+    kernel_hh = kernel_hh.astype(cdt)
+    if self.impl == "fused":
+      h0, c0 = carry
+      return fused.lstm_recurrence(
+        xw_TBG, kernel_hh, h0, c0, valid_TB, recurrent_scale_BH, self.unroll
+      )
     scan = nn.scan(
-      _FusedCell,
+      _ScanCell,
       variable_broadcast="params",
       split_rngs={"params": False},
       in_axes=(0, nn.broadcast, nn.broadcast),
@@ -146,7 +151,7 @@ class LSTMLayer(nn.Module):
       unroll=self.unroll,
     )
     return scan(compute_dtype=cdt, name="scan")(
-      carry, (xw_TBG, valid_TB), kernel_hh.astype(cdt), recurrent_scale_BH
+      carry, (xw_TBG, valid_TB), kernel_hh, recurrent_scale_BH
     )
 
 
@@ -181,6 +186,7 @@ class LSTMStack(nn.Module):
     dropout: a ``DropoutConfig``; ``embedding`` is ignored here.
     unroll: time steps per scan iteration (>= 1).
     compute_dtype: matmul dtype, ``jnp.float32`` or ``jnp.bfloat16``.
+    impl: ``"fused"`` (default) or ``"scan"``, see ``IMPLS``.
     kernel_init, recurrent_init, bias_init, forget_bias: initialisation.
   """
 
@@ -189,6 +195,7 @@ class LSTMStack(nn.Module):
   dropout: DropoutConfig = DropoutConfig()
   unroll: int = 8
   compute_dtype: Any = jnp.float32
+  impl: str = "fused"
   kernel_init: Initializer = nn.initializers.lecun_normal()
   recurrent_init: Initializer = nn.initializers.orthogonal()
   bias_init: Initializer = nn.initializers.zeros_init()
@@ -196,6 +203,8 @@ class LSTMStack(nn.Module):
 
   def __post_init__(self):
     check_stack_args(self.hidden, self.layers, self.unroll, self.dropout, self.compute_dtype)
+    if self.impl not in IMPLS:
+      raise ValueError(f"impl must be one of {list(IMPLS)}, got {self.impl!r}")
     super().__post_init__()
 
   def initialize_carry(self, batch_size: int) -> Carry:
@@ -262,6 +271,7 @@ class LSTMStack(nn.Module):
         hidden=self.hidden,
         unroll=self.unroll,
         compute_dtype=self.compute_dtype,
+        impl=self.impl,
         kernel_init=self.kernel_init,
         recurrent_init=self.recurrent_init,
         bias_init=self.bias_init,
@@ -287,6 +297,11 @@ class LSTMStack(nn.Module):
       keep = dr.keep_mask(dr.mask_key(key, "output", self.layers), cfg.output, last_BH.shape)
       last_BH = dr.apply_mask(last_BH, keep, cfg.output)
     return last_BH, tuple(new_carry)
+
+
+#: ``"fused"``: a scan with a hand-written backward pass (``fused.py``), the
+#: default; ``"scan"``: ``nn.scan`` over a cell, differentiated by autodiff.
+IMPLS = ("fused", "scan")
 
 
 def check_stack_args(hidden, layers, unroll, dropout, compute_dtype) -> None:

@@ -31,7 +31,7 @@ class SequenceClassifier(nn.Module):
 
   Attributes:
     num_classes: 2 for a binary problem (one logit), or K > 2.
-    hidden, layers, dropout, unroll, compute_dtype, forget_bias: as in
+    hidden, layers, dropout, unroll, compute_dtype, forget_bias, impl: as in
       ``LSTMStack``.
   """
 
@@ -42,6 +42,7 @@ class SequenceClassifier(nn.Module):
   unroll: int = 8
   compute_dtype: Any = jnp.float32
   forget_bias: float = 1.0
+  impl: str = "fused"
 
   def __post_init__(self):
     if not isinstance(self.num_classes, int) or self.num_classes < 2:
@@ -63,6 +64,7 @@ class SequenceClassifier(nn.Module):
       unroll=self.unroll,
       compute_dtype=self.compute_dtype,
       forget_bias=self.forget_bias,
+      impl=self.impl,
       name="lstm",
     )(x_BTF, lengths=lengths, train=train, return_sequences=False)
     binary = self.num_classes == 2
@@ -83,7 +85,7 @@ class LanguageModel(nn.Module):
 
   Attributes:
     vocab_size: V.
-    hidden, layers, dropout, unroll, compute_dtype, forget_bias: as in
+    hidden, layers, dropout, unroll, compute_dtype, forget_bias, impl: as in
       ``LSTMStack``; ``forget_bias`` defaults to 0 as in Zaremba et al.
     embed_dim: embedding size (defaults to ``hidden``).
     tie_weights: use the embedding matrix as the softmax weights (needs
@@ -102,6 +104,7 @@ class LanguageModel(nn.Module):
   unroll: int = 8
   compute_dtype: Any = jnp.float32
   forget_bias: float = 0.0
+  impl: str = "fused"
 
   def __post_init__(self):
     if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
@@ -127,6 +130,7 @@ class LanguageModel(nn.Module):
       unroll=self.unroll,
       compute_dtype=self.compute_dtype,
       forget_bias=self.forget_bias,
+      impl=self.impl,
       name="lstm",
       **self._inits(),
     )
