@@ -32,8 +32,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import tyro
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lstmdrop_jax.checkpoint import read_jsonl
@@ -151,25 +149,51 @@ def run(name: str, cfg: Config, out: Path) -> dict:
   return _row(name, summary, cfg, read_jsonl(workdir / "metrics.jsonl"))
 
 
-def main(argv=None) -> None:
-  args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
-  base = zaremba(args.config, args.data_dir)
-  jobs = {args.config: base}
-  if args.variants:
-    if args.config != "medium":
-      raise SystemExit("error: --variants applies to --config medium")
+def run_study(
+  config: str = "small",
+  *,
+  variants_too: bool = False,
+  data_dir: str = "../shared/data/ptb",
+  out: Path = Path("results/ptb"),
+  quick_run: bool = False,
+  epochs: int | None = None,
+) -> Path:
+  """Trains the jobs and writes the table; returns the Markdown table's path.
+
+  Callable without the command-line dependency (scripts/gpu_ptb.sh uses it).
+  """
+  base = zaremba(config, data_dir)
+  jobs = {config: base}
+  if variants_too:
+    if config != "medium":
+      raise ValueError("the variants apply to --config medium")
     jobs.update(variants(base))
-  if args.quick:
+  if quick_run:
     jobs = {f"{k}_quick": quick(c) for k, c in jobs.items()}
-  if args.epochs is not None:
-    jobs = {
-      f"{k}_{args.epochs}ep": dataclasses.replace(c, epochs=args.epochs) for k, c in jobs.items()
-    }
+  if epochs is not None:
+    jobs = {f"{k}_{epochs}ep": dataclasses.replace(c, epochs=epochs) for k, c in jobs.items()}
   for c in jobs.values():
     c.validate()
-  rows = [run(name, cfg, args.out) for name, cfg in jobs.items()]
-  stem = "ptb_variants" if args.variants else f"ptb_{args.config}{'_quick' if args.quick else ''}"
-  path = write_table(rows, args.out, stem)
+  rows = [run(name, cfg, Path(out)) for name, cfg in jobs.items()]
+  stem = "ptb_variants" if variants_too else f"ptb_{config}{'_quick' if quick_run else ''}"
+  return write_table(rows, Path(out), stem)
+
+
+def main(argv=None) -> None:
+  import tyro
+
+  args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
+  try:
+    path = run_study(
+      args.config,
+      variants_too=args.variants,
+      data_dir=args.data_dir,
+      out=args.out,
+      quick_run=args.quick,
+      epochs=args.epochs,
+    )
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f"error: {e}") from None
   print(path.read_text())
 
 

@@ -124,7 +124,8 @@ class RunCheckpoints:
         enable_async_checkpointing=False,
         cleanup_tmp_directories=True,
       )
-      return ocp.CheckpointManager(root / name, options=options, item_names=("state", "meta"))
+      handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+      return ocp.CheckpointManager(root / name, options=options, item_handlers=handlers)
 
     self._last = manager("last", keep)
     self._best = manager("best", 1)
@@ -156,7 +157,8 @@ class RunCheckpoints:
     Args:
       target: a pytree of arrays (or ``jax.ShapeDtypeStruct``s, with
         shardings) giving the structure, dtypes and placement to restore to;
-        None restores the tree as saved (nested dicts of arrays).
+        None restores the tree as saved (nested dicts of arrays) onto the
+        first local device, whatever device layout wrote it.
       which: ``"last"`` or ``"best"``.
       epoch: which epoch (default: the latest).
     """
@@ -164,7 +166,14 @@ class RunCheckpoints:
     epoch = mgr.latest_step() if epoch is None else epoch
     if epoch is None:
       return None
-    abstract = None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    if target is None:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        mgr.item_metadata(epoch)["state"],
+      )
+    else:
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
     out = mgr.restore(epoch, args=args)
     return out["state"], dict(out["meta"])

@@ -51,7 +51,14 @@ def _scan_sum(fn, state, batches):
 class ClassificationData:
   """Per-run splits of a classification dataset (the split depends on the seed)."""
 
-  def __init__(self, configs):
+  # Every split is scored at every evaluation (test accuracy at the best
+  # validation epoch is reported).
+  final_only_splits: frozenset[str] = frozenset()
+  # Evaluation batches can be split over devices on their batch axis.
+  eval_splittable = True
+
+  def __init__(self, configs, multiple: int = 1):
+    """``multiple``: evaluation batches are a multiple of this (the device count)."""
     self.configs = list(configs)
     c = self.configs[0]
     self.sets = [
@@ -65,7 +72,8 @@ class ClassificationData:
     self.batch_size = c.batch_size
     self.steps_per_epoch = data_lib.num_batches(len(ref.train), c.batch_size)
     self.sample_x = jnp.zeros((c.batch_size, ref.length, ref.num_features), jnp.float32)
-    self._eval_bs = min(c.eval_batch_size, max(len(ref.train), len(ref.val), len(ref.test)))
+    bs = min(c.eval_batch_size, max(len(ref.train), len(ref.val), len(ref.test)))
+    self._eval_bs = -(-bs // multiple) * multiple  # padded rows are masked
 
   def describe(self, k: int) -> dict[str, Any]:
     d = self.sets[k]
@@ -148,6 +156,11 @@ class ClassificationData:
 
 class LanguageModelData:
   """PTB streams for truncated BPTT (the same for every run: no shuffling)."""
+
+  # The test perplexity is reported at the last epoch, as in Zaremba et al.
+  final_only_splits: frozenset[str] = frozenset({"test"})
+  # Evaluation is one stream (batch 1): replicated, not split.
+  eval_splittable = False
 
   def __init__(self, configs):
     c = configs[0]

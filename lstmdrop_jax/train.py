@@ -46,6 +46,7 @@ try:
 except ImportError:  # pragma: no cover
   tyro = None
 
+from lstmdrop_jax import parallel as par
 from lstmdrop_jax import steps
 from lstmdrop_jax.checkpoint import (
   RunCheckpoints,
@@ -211,27 +212,39 @@ def build_model(config: Config, num_classes: int | None = None, vocab_size: int 
   )
 
 
-def train_and_evaluate(config: Config, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(
+  config: Config, workdir: str | Path, *, progress: bool = True
+) -> dict[str, Any]:
   """Trains one run in ``workdir`` (resuming it if it exists) and returns its summary.
+
+  Data parallel over every device (one device: plain training); see
+  ``parallel.py``.
 
   Raises:
     ValueError: a bad config, or ``workdir`` holds another config.
     FloatingPointError: the loss or the parameters became non-finite; the
       last good checkpoint is kept.
   """
-  summary = train_runs([config], [workdir])[0]
+  summary = train_runs([config], [workdir], progress=progress)[0]
   if summary["status"] == "diverged":
     raise FloatingPointError(summary["error"])
   return summary
 
 
 def train_runs(
-  configs: Sequence[Config], workdirs: Sequence[str | Path], *, progress: bool = True
+  configs: Sequence[Config],
+  workdirs: Sequence[str | Path],
+  *,
+  progress: bool = True,
+  parallel: str = "data",
 ) -> list[dict[str, Any]]:
   """Trains K runs together (one vmapped step), each in its own run folder.
 
   The configs may differ only in ``seed`` and the dropout rates (not in
   ``dropout.time_locked``). Finished runs are read back, not retrained.
+  ``parallel`` says how the devices share the work: ``"data"`` splits every
+  batch over them, ``"runs"`` gives each device whole runs (K must be a
+  multiple of the device count); see ``parallel.py``.
 
   Returns:
     One summary per run, in order. A run whose loss became non-finite has
@@ -248,13 +261,28 @@ def train_runs(
   paths = [check_workdir(w).absolute() for w in workdirs]
   if len(set(paths)) != len(paths):
     raise ValueError("two runs share a workdir; give each run its own folder")
-  paths = [prepare_run_folder(p, c.to_dict()) for p, c in zip(paths, configs, strict=True)]
+  mesh = par.make_mesh()
+  par.check_layout(parallel, mesh, runs=len(configs), batch_size=configs[0].batch_size)
+  if par.is_main_process():
+    for p, c in zip(paths, configs, strict=True):
+      prepare_run_folder(p, c.to_dict())
+  par.sync("run folders prepared")
   summaries: list[dict | None] = [_read_summary(p) for p in paths]
-  todo = [k for k, s in enumerate(summaries) if s is None]
-  if todo:
-    done = _train_group([configs[k] for k in todo], [paths[k] for k in todo], progress=progress)
+  # Data parallel: train only the unfinished runs. Runs parallel: keep the
+  # group whole (finished runs ride along frozen) so it still splits evenly.
+  todo = [k for k, s in enumerate(summaries) if s is None or parallel == "runs"]
+  if any(summaries[k] is None for k in todo):
+    done = _train_group(
+      [configs[k] for k in todo],
+      [paths[k] for k in todo],
+      [summaries[k] is not None for k in todo],
+      mesh=mesh,
+      mode=parallel,
+      progress=progress and par.is_main_process(),
+    )
     for k, s in zip(todo, done, strict=True):
       summaries[k] = s
+  par.sync("runs finished")
   return summaries  # type: ignore[return-value]
 
 
@@ -295,11 +323,15 @@ class _Run:
     return {"epoch": self.epoch, "best": self.best, "elapsed": self.elapsed}
 
   def log(self, record: dict[str, Any]) -> None:
+    if not par.is_main_process():
+      return
     with open(self.path / "metrics.jsonl", "a") as f:
       f.write(json.dumps(record, sort_keys=True) + "\n")
 
   def truncate_log(self, epoch: int) -> None:
     """Keeps the log records of epochs up to ``epoch`` (those the checkpoint saw)."""
+    if not par.is_main_process():
+      return
     kept = [r for r in read_jsonl(self.path / "metrics.jsonl") if r.get("epoch", 0) <= epoch]
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
     tmp = self.path / ".metrics.jsonl.tmp"
@@ -315,10 +347,19 @@ def _index(tree: Any, k: int) -> Any:
   return jax.tree.map(lambda a: a[k], tree)
 
 
-def _train_group(configs: Sequence[Config], paths: Sequence[Path], *, progress: bool) -> list[dict]:
+def _train_group(
+  configs: Sequence[Config],
+  paths: Sequence[Path],
+  finished: Sequence[bool],
+  *,
+  mesh,
+  mode: str,
+  progress: bool,
+) -> list[dict]:
   cfg = configs[0]
   lm = is_language_model(cfg.dataset)
-  data = LanguageModelData(configs) if lm else ClassificationData(configs)
+  data = LanguageModelData(configs) if lm else ClassificationData(configs, multiple=mesh.size)
+  sh = par.shardings(mode, mesh)
   model = build_model(
     cfg,
     num_classes=getattr(data, "num_classes", None),
@@ -336,7 +377,8 @@ def _train_group(configs: Sequence[Config], paths: Sequence[Path], *, progress: 
   train_step = steps.make_train_step(model, tx)
   eval_split = data.make_eval_split(model)
 
-  def run_epoch(state, batches, key, active):
+  def run_epoch(state, batches, key_data, active):
+    key = jax.random.wrap_key_data(key_data)
     if lm:  # the hidden state is reset at the start of each epoch
       state = state.replace(carry=jax.tree.map(jnp.zeros_like, state.carry))
     new, per_step = jax.lax.scan(lambda s, b: train_step(s, b, key), state, batches)
@@ -348,11 +390,14 @@ def _train_group(configs: Sequence[Config], paths: Sequence[Path], *, progress: 
     new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
     return new, metrics
 
-  epoch_fn = jax.jit(jax.vmap(run_epoch), donate_argnums=0)
-  eval_fn = jax.jit(jax.vmap(eval_split))
+  epoch_fn = jax.jit(
+    jax.vmap(run_epoch), donate_argnums=0, out_shardings=(sh["state"], sh["replicated"])
+  )
+  eval_fn = jax.jit(jax.vmap(eval_split), out_shardings=sh["replicated"])
+  eval_sharding = sh["eval"] if data.eval_splittable or mode == "runs" else sh["replicated"]
 
   runs, states, keys = [], [], []
-  for c, p in zip(configs, paths, strict=True):
+  for c, p, done in zip(configs, paths, finished, strict=True):
     init_key, dropout_key = jax.random.split(jax.random.key(c.seed))
     fresh = steps.create_train_state(model.clone(dropout=c.dropout), tx, init_key, data.sample_x)
     run = _Run(c, p, RunCheckpoints(p, keep=c.keep_checkpoints), len(runs), fresh)
@@ -365,26 +410,32 @@ def _train_group(configs: Sequence[Config], paths: Sequence[Path], *, progress: 
       run.epoch, run.best, run.elapsed = meta["epoch"], meta["best"], meta["elapsed"]
       run.ckpt.discard_after(run.epoch)
       run.truncate_log(run.epoch)
-    if run.epoch == 0:
+    if done:  # finished earlier; trained along frozen (parallel="runs")
+      run.status = "done"
+    elif run.epoch == 0:
       run.log(
         {"event": "start", "epoch": 0, "n_params": _count(state.params), **data.describe(len(runs))}
       )
     runs.append(run)
     states.append(state)
-    keys.append(dropout_key)
-  states, keys = _stack(states), jnp.stack(keys)
-  eval_batches = data.eval_batches()
+    keys.append(jax.random.key_data(dropout_key))
+  # Host copies -> global arrays laid out on the mesh (each host its own rows).
+  states = par.put(jax.device_get(_stack(states)), sh["state"])
+  keys = par.put(np.stack(jax.device_get(keys)), sh["state"])
+  eval_batches = {s: par.put(b, eval_sharding) for s, b in data.eval_batches().items()}
 
-  bar = tqdm(
+  bar = (tqdm if tqdm is not None and progress else _NoBar)(
     total=sum(c.epochs for c in configs),
     initial=sum(r.epoch for r in runs),
     desc=f"{cfg.dataset} x{len(runs)}",
     unit="epoch",
-    disable=not progress,
     file=sys.stderr,
+    mininterval=0.5 if sys.stderr.isatty() else 30.0,
   )
   try:
     for run in runs:  # killed after its last checkpoint but before its summary
+      if run.status == "done":
+        continue
       _check_done(run)
       if run.status != "running":
         _finish(run, data, model)
@@ -392,9 +443,8 @@ def _train_group(configs: Sequence[Config], paths: Sequence[Path], *, progress: 
       active = [r.status == "running" for r in runs]
       t0 = time.perf_counter()
       epochs = [r.epoch + 1 if a else 1 for r, a in zip(runs, active, strict=True)]
-      states, metrics = epoch_fn(
-        states, data.train_epoch_batches(epochs), keys, jnp.asarray(active)
-      )
+      batches = par.put(data.train_epoch_batches(epochs), sh["batch"])
+      states, metrics = epoch_fn(states, batches, keys, par.put(np.asarray(active), sh["state"]))
       metrics = jax.device_get(metrics)
       elapsed = time.perf_counter() - t0
       trained = [k for k in range(len(runs)) if active[k]]
@@ -426,7 +476,12 @@ def _train_group(configs: Sequence[Config], paths: Sequence[Path], *, progress: 
         )
       ]
       if need_eval:
-        evals = {split: jax.device_get(eval_fn(states, b)) for split, b in eval_batches.items()}
+        last = any(runs[k].epoch >= runs[k].config.epochs for k in need_eval)
+        evals = {
+          split: jax.device_get(eval_fn(states, b))
+          for split, b in eval_batches.items()
+          if last or split not in data.final_only_splits
+        }
       for k in trained:
         run = runs[k]
         if run.status != "running":
@@ -450,6 +505,7 @@ def _train_group(configs: Sequence[Config], paths: Sequence[Path], *, progress: 
     bar.close()
     for r in runs:
       r.ckpt.close()
+  par.sync("summaries written")
   return [_read_summary(r.path) for r in runs]
 
 
@@ -495,7 +551,8 @@ def _finish(run: _Run, data, model) -> None:
     summary["error"] = run.error
   if run.config.mc_samples and run.best is not None:
     summary["mc"] = data.mc_evaluate(model, run)
-  write_json_atomic(run.path / "summary.json", summary)
+  if par.is_main_process():
+    write_json_atomic(run.path / "summary.json", summary)
 
 
 def _count(params) -> int:
@@ -506,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Command-line entry point: ``python -m lstmdrop_jax.train --workdir DIR [flags]``."""
   try:
     args = tyro.cli(_Cli, args=argv, description=__doc__.split("\n\n")[0])
+    par.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     summary = train_and_evaluate(args.config, args.workdir)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -519,6 +577,13 @@ class _Cli:
   workdir: Path
   """Run folder: created if absent, resumed if it holds this config."""
   config: Annotated[Config, tyro.conf.arg(name="")] = Config()
+  coordinator: str | None = None
+  """Multi-host: host:port of process 0 (with --num-processes and --process-id).
+  Inside a SLURM allocation of several tasks these are read from SLURM."""
+  num_processes: int | None = None
+  """Multi-host: number of processes."""
+  process_id: int | None = None
+  """Multi-host: this process's index."""
 
 
 if __name__ == "__main__":

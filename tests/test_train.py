@@ -224,3 +224,25 @@ def test_workdir_that_is_a_file_is_refused(tmp_path, capsys):
     main(["--workdir", str(f), "--dataset", "synthetic"])
   assert "exists and is not a folder" in capsys.readouterr().err
   assert f.read_text() == "precious"
+
+
+def test_runs_trained_together_equal_runs_trained_alone(tmp_path):
+  """K runs in one vmapped step (different seeds and rates) = each run alone."""
+  cfgs = [
+    dataclasses.replace(TINY, epochs=3, seed=0, dropout=DropoutConfig(output=0.5)),
+    dataclasses.replace(TINY, epochs=3, seed=1, dropout=DropoutConfig(input=0.2, between=0.3)),
+  ]
+  train_runs(cfgs, [tmp_path / "together0", tmp_path / "together1"], progress=False)
+  for k, c in enumerate(cfgs):
+    train_and_evaluate(c, tmp_path / f"alone{k}")
+    together, alone = (
+      _final_params(tmp_path / f"together{k}"),
+      _final_params(tmp_path / f"alone{k}"),
+    )
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), together, alone
+    )
+    ev = lambda d: [r for r in read_jsonl(d / "metrics.jsonl") if r.get("event") == "eval"]
+    for a, b in zip(ev(tmp_path / f"together{k}"), ev(tmp_path / f"alone{k}"), strict=True):
+      assert a["val/accuracy"] == b["val/accuracy"]
+      np.testing.assert_allclose(a["val/loss"], b["val/loss"], rtol=1e-5)

@@ -1,0 +1,128 @@
+"""Devices and hosts: one ``Mesh`` over all devices, shardings, multi-host start.
+
+Two ways to use the mesh's one axis, ``"devices"``:
+
+* ``"data"`` (default): data parallel. Every batch is split on its batch
+  axis; parameters and optimiser state are replicated. XLA inserts the
+  gradient all-reduce. With one device this is plain single-device training.
+* ``"runs"``: the K runs that ``train_runs`` trains together (seeds, rates)
+  are split over the devices on their leading axis; each device trains
+  whole runs. K must be a multiple of the device count.
+
+Dropout masks do not depend on the layout: JAX's partitionable threefry
+draws the same bits whatever the sharding, so a run on 4 devices draws the
+masks it draws on 1.
+
+Multi-host: ``initialize_distributed`` starts ``jax.distributed`` from
+explicit flags or a SLURM allocation. Every host builds each epoch's batch
+order (a function of seed and epoch only) and copies only the rows of its own
+devices (``put``); metrics come back reduced by XLA; only process 0 writes
+run-folder files (``is_main_process``), while all processes take part in
+Orbax checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "devices"
+MODES = ("data", "runs")
+
+
+def initialize_distributed(
+  coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
+  """Starts multi-host JAX; returns whether it did.
+
+  Explicit arguments win; else, inside a SLURM allocation of several tasks,
+  ``jax.distributed.initialize()`` reads the cluster from SLURM's variables;
+  else (one process) nothing happens.
+
+  Raises:
+    ValueError: only some of the three explicit arguments are given.
+  """
+  explicit = (coordinator, num_processes, process_id)
+  if any(a is not None for a in explicit):
+    if any(a is None for a in explicit):
+      raise ValueError(
+        "multi-host needs all of --coordinator (host:port of process 0), --num-processes "
+        "and --process-id, or none of them inside a SLURM allocation"
+      )
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    return True
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    jax.distributed.initialize()
+    return True
+  return False
+
+
+def is_main_process() -> bool:
+  """Only process 0 writes run-folder files."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """A barrier across hosts (a no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def make_mesh() -> Mesh:
+  """A one-axis mesh over every device of every host."""
+  return Mesh(np.asarray(jax.devices()), (AXIS,))
+
+
+def check_layout(mode: str, mesh: Mesh, *, runs: int, batch_size: int) -> None:
+  """Raises ``ValueError`` when the work cannot be split over the mesh."""
+  n = mesh.size
+  if mode not in MODES:
+    raise ValueError(f"parallel must be one of {list(MODES)}, got {mode!r}")
+  if mode == "runs" and runs % n:
+    raise ValueError(
+      f"{runs} runs cannot be split over {n} devices; with parallel='runs' the number of "
+      f"runs trained together must be a multiple of {n} (or use parallel='data')"
+    )
+  if mode == "data" and batch_size % n:
+    raise ValueError(
+      f"batch_size {batch_size} is not divisible by the {n} devices; data parallelism splits "
+      f"each batch evenly, so use a multiple of {n} (e.g. {n * -(-batch_size // n)})"
+    )
+
+
+def shardings(mode: str, mesh: Mesh) -> dict[str, NamedSharding]:
+  """Where each kind of array lives.
+
+  Returns:
+    ``state`` (stacked ``[K, ...]`` train states and keys), ``batch``
+    (``[K, steps, B, ...]`` training batches), ``eval`` (``[K, n, B, ...]``
+    evaluation batches whose batch axis can be split), ``replicated``.
+  """
+  rep = NamedSharding(mesh, P())
+  if mode == "runs":
+    lead = NamedSharding(mesh, P(AXIS))
+    return {"state": lead, "batch": lead, "eval": lead, "replicated": rep}
+  split_batch = NamedSharding(mesh, P(None, None, AXIS))
+  return {"state": rep, "batch": split_batch, "eval": split_batch, "replicated": rep}
+
+
+def put(tree: Any, sharding: NamedSharding) -> Any:
+  """Host numpy arrays -> global arrays; each host copies only its devices' rows."""
+
+  def one(a):
+    a = np.asarray(a)
+    spec = sharding.spec
+    if len(spec) > a.ndim:  # a small array (e.g. [K] flags) with fewer axes than the spec
+      return jax.make_array_from_callback(
+        a.shape, NamedSharding(sharding.mesh, P(*spec[: a.ndim])), lambda idx: a[idx]
+      )
+    return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+  return jax.tree.map(one, tree)
