@@ -57,6 +57,8 @@ class Args:
   eval_every: int = 5
   group_size: int = 0
   """Runs trained together in one vmapped step (0: the whole grid)."""
+  parallel: str = "data"
+  """How devices share a group: 'data' (split batches) or 'runs' (whole runs per device)."""
   quick: bool = False
   """A CPU-sized version: 2 seeds, rates 0.2 and 0.5, 32 units, 60 epochs."""
   out: Path | None = None
@@ -109,7 +111,7 @@ def main(argv=None) -> None:
   t0 = time.perf_counter()
   for i in range(0, len(runs), size):
     chunk = runs[i : i + size]
-    train_runs([c for _, c in chunk], [out / "runs" / n for n, _ in chunk])
+    train_runs([c for _, c in chunk], [out / "runs" / n for n, _ in chunk], parallel=args.parallel)
   minutes = (time.perf_counter() - t0) / 60
   title = (
     f"{args.dataset}: {args.layers}x{args.hidden} LSTM, {args.epochs} epochs, {args.seeds} seeds"

@@ -23,10 +23,6 @@ from lstmdrop_jax import steps
 from lstmdrop_jax.data import ptb as ptb_lib
 
 
-def is_language_model(dataset: str) -> bool:
-  return dataset == "ptb"
-
-
 def _stack_batches(batches) -> dict[str, np.ndarray]:
   batches = list(batches)
   return {name: np.stack([b[name] for b in batches]) for name in batches[0]}

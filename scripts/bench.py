@@ -55,7 +55,7 @@ def flops_per_step(c: dict) -> float:
 # --- JAX implementations ------------------------------------------------------
 
 
-def _jax_setup(name: str, impl: str, dtype: str, unroll: int, seeds: int):
+def _jax_setup(name: str, impl: str, dtype: str, unroll: int, seeds: int, shard: bool = False):
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -134,13 +134,21 @@ def _jax_setup(name: str, impl: str, dtype: str, unroll: int, seeds: int):
     batch = jax.tree.map(lambda a: jnp.broadcast_to(a, (seeds, *a.shape)), batch)
     step_fn = jax.jit(jax.vmap(run), donate_argnums=0)
     return step_fn, state, batch, keys
-  return jax.jit(run, donate_argnums=0), init(key), batch, key
+  state = init(key)
+  if shard:  # data parallel: batch split over every device, state replicated
+    from lstmdrop_jax import parallel as par
+
+    mesh = par.make_mesh()
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(par.AXIS))
+    state, batch = jax.device_put(state, rep), jax.device_put(batch, rows)
+  return jax.jit(run, donate_argnums=0), state, batch, key
 
 
-def _bench_jax(name, impl, dtype, unroll, seeds, warmup, steps_per_window, repeats):
+def _bench_jax(name, impl, dtype, unroll, seeds, warmup, steps_per_window, repeats, shard=False):
   import jax
 
-  step, state, batch, key = _jax_setup(name, impl, dtype, unroll, seeds)
+  step, state, batch, key = _jax_setup(name, impl, dtype, unroll, seeds, shard)
   t0 = time.perf_counter()
   state, _ = step(state, batch, key)
   jax.block_until_ready(state)
@@ -252,7 +260,11 @@ def _single(args) -> None:
       args.warmup,
       args.steps,
       args.repeats,
+      args.shard,
     )
+  import jax
+
+  out["devices"] = jax.device_count() if args.impl != "torch" else 1
   print("RESULT " + json.dumps(out))
 
 
@@ -260,10 +272,12 @@ def _spawn(args, name: str, impl: str, seeds: int) -> dict | None:
   cmd = [sys.executable, __file__, "--single", "--impl", impl, "--configs", name,
          "--device", args.device, "--dtype", args.dtype, "--unroll", str(args.unroll),
          "--seeds", str(seeds), "--warmup", str(args.warmup), "--steps", str(args.steps),
-         "--repeats", str(args.repeats)]  # fmt: skip
+         "--repeats", str(args.repeats), *(["--shard"] if args.shard else [])]  # fmt: skip
   env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
   if args.device == "cpu":
     env["JAX_PLATFORMS"] = "cpu"
+    if args.host_devices > 1:
+      env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.host_devices}"
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
   if proc.returncode != 0 or not lines:
@@ -284,6 +298,8 @@ def main(argv=None) -> None:
   p.add_argument(
     "--seeds", type=int, default=1, help="also time K seeds in one vmapped step (ours)"
   )
+  p.add_argument("--shard", action="store_true", help="ours/flax: split the batch over all devices")
+  p.add_argument("--host-devices", type=int, default=1, help="CPU: force this many host devices")
   p.add_argument("--warmup", type=int, default=5)
   p.add_argument("--steps", type=int, default=20, help="steps per timed window")
   p.add_argument("--repeats", type=int, default=5)
@@ -367,6 +383,9 @@ def main(argv=None) -> None:
       )
     )
     print(f"\nwrote {args.json}")
+  failed = [(r["config"], i) for r in results for i in impls if not r.get(i)]
+  if failed:
+    raise SystemExit(f"failed: {failed}")
 
 
 if __name__ == "__main__":
