@@ -41,8 +41,8 @@ class Config:
   """Number of LSTM layers."""
   dropout: DropoutConfig = DropoutConfig()
   """Dropout rates by placement, and time-locked masks."""
-  unroll: int = 8
-  """Time steps per scan iteration."""
+  unroll: int | None = None
+  """Time steps per scan iteration (default: 8 on accelerators, 1 on CPUs)."""
   compute_dtype: Literal["float32", "bfloat16"] = "float32"
   """Matmul dtype; the carry and gate arithmetic stay float32."""
   forget_bias: float | None = None
@@ -96,13 +96,17 @@ class Config:
         "dataset 'ptb' needs --data-dir, the folder holding ptb.{train,valid,test}.txt"
       )
     positive = (
-      "hidden layers unroll num_steps batch_size epochs eval_every eval_batch_size "
+      "hidden layers num_steps batch_size epochs eval_every eval_batch_size "
       "checkpoint_every keep_checkpoints"
     )
     for name in positive.split():
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if self.unroll is not None and self.unroll < 1:
+      raise ValueError(
+        f"unroll must be an integer >= 1 (or unset for the default), got {self.unroll}"
+      )
     for name in ("early_stopping", "mc_samples", "decay_after"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

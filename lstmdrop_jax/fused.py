@@ -21,20 +21,34 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
+
+
+def gate_activations(z_BG: Array) -> Array:
+  """``sigmoid`` on the i, f, o blocks and ``tanh`` on the g block of ``[B, 4H]``.
+
+  One ``tanh`` over the whole block, using ``sigmoid(x) = (1 + tanh(x/2)) / 2``:
+  the same function, and on a CPU about twice as fast as three sigmoids and
+  a tanh (each sigmoid there is an exp and a divide).
+  """
+  H = z_BG.shape[-1] // 4
+  is_g = (np.arange(4 * H) // H) == 2
+  t = jnp.tanh(z_BG * np.where(is_g, 1.0, 0.5).astype(z_BG.dtype))
+  return jnp.where(is_g, t, 0.5 * t + 0.5)
 
 
 def _step(h, c, xw_BG, valid_B, kernel_hh, scale_BH, cdt):
   """One step: returns the new carry, the output and the residuals."""
   h_in = h if scale_BH is None else h * scale_BH
   z = xw_BG + jnp.dot(h_in.astype(cdt), kernel_hh, preferred_element_type=xw_BG.dtype)
-  zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
-  i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+  act = gate_activations(z)
+  i, f, g, o = jnp.split(act, 4, axis=-1)
   c_new = f * c + i * g
   tc = jnp.tanh(c_new)
   h_new = o * tc
-  res = (jnp.concatenate([i, f, g, o], -1), c, tc, h)
+  res = (act, c, tc, h)
   if valid_B is None:
     return h_new, c_new, h_new, res
   v = valid_B[:, None]
@@ -88,34 +102,40 @@ def _fwd(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, unroll):
 
 
 def _bwd(unroll, saved, cotangents):
-  (gates, c_prev, tc, h_prev), kernel_hh, valid_TB, scale_BH = saved
+  (act, c_prev, tc, h_prev), kernel_hh, valid_TB, scale_BH = saved
   (dhT, dcT), dys = cotangents
   cdt = kernel_hh.dtype
   kernel_t = kernel_hh.T
+  # Everything that does not depend on the backward carry is computed here,
+  # for all steps at once (large, parallel elementwise work); the loop keeps
+  # only what the recurrence needs. With u = dL/dh_t and w = dL/dc_t:
+  #   w_total = w + u * o (1 - tanh(c)^2)
+  #   dz = [w_total, w_total, w_total, u] * [g i(1-i), c_prev f(1-f), i (1-g^2), tanh(c) o(1-o)]
+  #   dL/dc_{t-1} = w_total * f,   dL/dh_{t-1} = dz @ W_hh^T
+  i, f, g, o = jnp.split(act, 4, axis=-1)
+  k_c = o * (1.0 - tc * tc)
+  coef = jnp.concatenate(
+    [g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)], -1
+  )
+  v_TB1 = None if valid_TB is None else valid_TB[..., None].astype(coef.dtype)
 
   def body(carry, xs):
     dh, dc = carry  # cotangents of the carry leaving this step
-    dy, act, cp, tct, v = xs
-    i, f, g, o = jnp.split(act, 4, axis=-1)
+    dy, k, cf, ft, v = xs
     if v is None:
-      dh_new, dc_new, dh_keep, dc_keep = dh + dy, dc, 0.0, 0.0
-    else:
-      v = v[:, None]
-      dh_new = jnp.where(v, dh + dy, 0.0)
-      dc_new = jnp.where(v, dc, 0.0)
-      dh_keep, dc_keep = jnp.where(v, 0.0, dh), jnp.where(v, 0.0, dc)
-    do = dh_new * tct
-    dc_total = dc_new + dh_new * o * (1.0 - tct * tct)
-    di, df, dg = dc_total * g, dc_total * cp, dc_total * i
-    dz = jnp.concatenate(
-      [di * i * (1.0 - i), df * f * (1.0 - f), dg * (1.0 - g * g), do * o * (1.0 - o)], -1
-    )
+      u, w = dh + dy, dc
+    else:  # a padded step passes the cotangents through untouched
+      u, w = (dh + dy) * v, dc * v
+    w_total = w + u * k
+    dz = jnp.concatenate([w_total, w_total, w_total, u], -1) * cf
     dh_in = jnp.dot(dz.astype(cdt), kernel_t, preferred_element_type=dz.dtype)
-    dh_prev = (dh_in if scale_BH is None else dh_in * scale_BH) + dh_keep
-    dc_prev = dc_total * f + dc_keep
+    dh_prev = dh_in if scale_BH is None else dh_in * scale_BH
+    dc_prev = w_total * ft
+    if v is not None:
+      dh_prev, dc_prev = dh_prev + dh * (1.0 - v), dc_prev + dc * (1.0 - v)
     return (dh_prev, dc_prev), (dz, None if scale_BH is None else dh_in)
 
-  xs = (dys, gates, c_prev, tc, valid_TB)
+  xs = (dys, k_c, coef, f, v_TB1)
   (dh0, dc0), (dz_TBG, dh_in_TBH) = jax.lax.scan(body, (dhT, dcT), xs, reverse=True, unroll=unroll)
   h_in = h_prev if scale_BH is None else h_prev * scale_BH
   # The weight gradient: one matmul over all steps, outside the loop.

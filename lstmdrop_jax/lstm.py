@@ -81,7 +81,7 @@ class LSTMLayer(nn.Module):
 
   Attributes:
     hidden: units H.
-    unroll: time steps per scan iteration.
+    unroll: time steps per scan iteration; None picks ``default_unroll()``.
     compute_dtype: dtype of the matmul operands (float32 or bfloat16).
     impl: ``"fused"`` (hand-written backward pass, the default) or ``"scan"``
       (``nn.scan`` differentiated by autodiff); the same function.
@@ -90,7 +90,7 @@ class LSTMLayer(nn.Module):
   """
 
   hidden: int
-  unroll: int = 8
+  unroll: int | None = None
   compute_dtype: Any = jnp.float32
   impl: str = "fused"
   kernel_init: Initializer = nn.initializers.lecun_normal()
@@ -137,18 +137,17 @@ class LSTMLayer(nn.Module):
     xw_TBG = xw_TBG + bias.astype(xw_TBG.dtype)
 
     kernel_hh = kernel_hh.astype(cdt)
+    unroll = self.unroll or default_unroll()
     if self.impl == "fused":
       h0, c0 = carry
-      return fused.lstm_recurrence(
-        xw_TBG, kernel_hh, h0, c0, valid_TB, recurrent_scale_BH, self.unroll
-      )
+      return fused.lstm_recurrence(xw_TBG, kernel_hh, h0, c0, valid_TB, recurrent_scale_BH, unroll)
     scan = nn.scan(
       _ScanCell,
       variable_broadcast="params",
       split_rngs={"params": False},
       in_axes=(0, nn.broadcast, nn.broadcast),
       out_axes=0,
-      unroll=self.unroll,
+      unroll=unroll,
     )
     return scan(compute_dtype=cdt, name="scan")(
       carry, (xw_TBG, valid_TB), kernel_hh, recurrent_scale_BH
@@ -184,7 +183,8 @@ class LSTMStack(nn.Module):
     hidden: units per layer H (> 0).
     layers: number of layers (>= 1).
     dropout: a ``DropoutConfig``; ``embedding`` is ignored here.
-    unroll: time steps per scan iteration (>= 1).
+    unroll: time steps per scan iteration (>= 1); None (the default) picks
+      ``default_unroll()``: 8 on accelerators, 1 on CPUs (measured fastest).
     compute_dtype: matmul dtype, ``jnp.float32`` or ``jnp.bfloat16``.
     impl: ``"fused"`` (default) or ``"scan"``, see ``IMPLS``.
     kernel_init, recurrent_init, bias_init, forget_bias: initialisation.
@@ -193,7 +193,7 @@ class LSTMStack(nn.Module):
   hidden: int
   layers: int = 1
   dropout: DropoutConfig = DropoutConfig()
-  unroll: int = 8
+  unroll: int | None = None
   compute_dtype: Any = jnp.float32
   impl: str = "fused"
   kernel_init: Initializer = nn.initializers.lecun_normal()
@@ -209,8 +209,9 @@ class LSTMStack(nn.Module):
 
   def initialize_carry(self, batch_size: int) -> Carry:
     """Zero carry for ``batch_size`` sequences."""
-    z = jnp.zeros((batch_size, self.hidden), state_dtype(self.compute_dtype))
-    return tuple((z, z) for _ in range(self.layers))
+    zeros = lambda: jnp.zeros((batch_size, self.hidden), state_dtype(self.compute_dtype))
+    # Separate buffers, so a donated state never holds one array twice.
+    return tuple((zeros(), zeros()) for _ in range(self.layers))
 
   @nn.compact
   def __call__(
@@ -304,13 +305,20 @@ class LSTMStack(nn.Module):
 IMPLS = ("fused", "scan")
 
 
+def default_unroll() -> int:
+  """Time steps per scan iteration when none is given: 8 on GPUs and TPUs
+  (the recurrence is latency-bound there), 1 on CPUs, where unrolling made
+  the seed_clf training step slower (54 ms at 1, 95 ms at 8; docs/PERFORMANCE.md)."""
+  return 1 if jax.default_backend() == "cpu" else 8
+
+
 def check_stack_args(hidden, layers, unroll, dropout, compute_dtype) -> None:
   """Shared argument checks of the stack and the models built on it."""
   if not isinstance(hidden, int) or hidden < 1:
     raise ValueError(f"hidden must be a positive int (units per layer), got {hidden!r}")
   if not isinstance(layers, int) or layers < 1:
     raise ValueError(f"layers must be an int >= 1, got {layers!r}")
-  if not isinstance(unroll, int) or unroll < 1:
+  if unroll is not None and (not isinstance(unroll, int) or unroll < 1):
     raise ValueError(f"unroll must be an int >= 1 (time steps per scan iteration), got {unroll!r}")
   if not isinstance(dropout, DropoutConfig):
     raise TypeError(

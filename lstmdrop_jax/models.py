@@ -39,7 +39,7 @@ class SequenceClassifier(nn.Module):
   hidden: int = 64
   layers: int = 1
   dropout: DropoutConfig = DropoutConfig()
-  unroll: int = 8
+  unroll: int | None = None
   compute_dtype: Any = jnp.float32
   forget_bias: float = 1.0
   impl: str = "fused"
@@ -101,7 +101,7 @@ class LanguageModel(nn.Module):
   embed_dim: int | None = None
   tie_weights: bool = False
   init_scale: float | None = None
-  unroll: int = 8
+  unroll: int | None = None
   compute_dtype: Any = jnp.float32
   forget_bias: float = 0.0
   impl: str = "fused"
