@@ -183,14 +183,27 @@ def _curves(runs: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
   return np.array(common), np.array([[s[e] for e in common] for s in series])
 
 
+def _pyplot():
+  import matplotlib
+
+  matplotlib.use("Agg")  # files only, no display
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+  fig.tight_layout()
+  path = Path(path)
+  fig.savefig(path, dpi=120)
+  _pyplot().close(fig)
+  return path
+
+
 def plot_curves(runs: Sequence[dict], path: str | Path, title: str = "") -> Path:
   """Training (no dropout) and validation accuracy against epoch, one panel per
   placement, one colour per rate; lines are means over seeds, bands ± one std."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = _pyplot()
   groups: dict[str, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
   for r in runs:
     if r["summary"] is not None and r["summary"].get("status") != "diverged":
@@ -223,21 +236,13 @@ def plot_curves(runs: Sequence[dict], path: str | Path, title: str = "") -> Path
   axes[0][-1].legend(title="rate", fontsize=8)
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
-  path = Path(path)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def plot_gap(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
   """Train - validation accuracy gap against rate, one line per placement, with
   95% intervals; the no-dropout gap is the dashed line."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
   for r in rows:
     if r["placement"] == "none":
@@ -260,11 +265,7 @@ def plot_gap(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
   ax.legend(fontsize=8)
   if title:
     ax.set_title(title)
-  fig.tight_layout()
-  path = Path(path)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def build_overfit_report(
