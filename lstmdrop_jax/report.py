@@ -233,7 +233,7 @@ def plot_curves(runs: Sequence[dict], path: str | Path, title: str = "") -> Path
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel("accuracy (dashed: train, solid: val)")
-  axes[0][-1].legend(title="rate", fontsize=8)
+  axes[0][-1].legend(title="rate", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   if title:
     fig.suptitle(title)
   return _save(fig, path)

@@ -32,6 +32,13 @@ for name in configs.split():
                    out=Path(out), quick_run=quick == "1", epochs=int(epochs) if epochs else None)
   print(path.read_text(), f"({name}: {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
 PY
-# Keep what comes back small: the tables, the log and the run summaries.
-for f in "$OUT"/runs/*/summary.json; do cp "$f" "$OUT/summary_$(basename "$(dirname "$f")").json"; done
+# Keep what comes back few and small (the device returns at most 8 files):
+# the tables, the log, and every run's summary in one file.
+python - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("runs/*/summary.json"))}
+(out / "summaries.json").write_text(json.dumps(runs, indent=2))
+PY
 rm -rf "$OUT/runs"
