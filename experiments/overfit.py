@@ -17,8 +17,19 @@ Command (the main job; GunPoint is the default dataset)::
 Outputs go to ``results/overfit_<dataset>/`` (``runs/`` holds the run
 folders; re-running resumes and skips finished runs).
 
-Runtime and result: see README.md ("The over-fitting comparison"), which
-shows the tables this script produced and the command that produced them.
+Runtime on a 2-core CPU (JAX 0.10.2, all 85 runs of the default grid:
+5 placements x 4 rates x 5 seeds): GunPoint 27.6 min, synthetic 38.3 min;
+``--quick`` (18 runs) 1.4 min.
+
+Result (mean over 5 seeds; full tables in docs/overfit.md, reading in
+README.md): without dropout the 2x64 LSTM reaches train accuracy 1.000 on
+both sets, final validation 0.933 on GunPoint (gap 0.067, test 0.940) and
+0.773 on synthetic (gap 0.227, test 0.844). No placement or rate closes the
+gap while keeping the fit: on synthetic every setting still memorises
+(train >= 0.99, gap 0.20-0.27), but all three placements at 0.3 lift test
+accuracy at the best-validation checkpoint to 0.924; output dropout alone
+matches no dropout; on univariate GunPoint input dropout >= 0.2 under-fits
+(input 0.5: train 0.55, test 0.52).
 """
 
 from __future__ import annotations
