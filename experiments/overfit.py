@@ -44,6 +44,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax.parallel import keep_freed_host_memory
 from lstmdrop_jax.report import build_overfit_report
 from lstmdrop_jax.train import Config, train_runs
 
@@ -114,6 +115,7 @@ def grid(args: Args) -> list[tuple[str, Config]]:
 
 def main(argv=None) -> None:
   args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0]).resolved()
+  keep_freed_host_memory()
   out = args.out or Path("results") / f"overfit_{args.dataset}{'_quick' if args.quick else ''}"
   runs = grid(args)
   for _, c in runs:

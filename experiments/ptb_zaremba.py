@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lstmdrop_jax.checkpoint import read_jsonl
 from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax.parallel import keep_freed_host_memory
 from lstmdrop_jax.train import Config, train_and_evaluate
 
 # Paper's Table 1 (validation, test perplexity); Gal & Ghahramani (2016) for
@@ -183,6 +184,7 @@ def main(argv=None) -> None:
   import tyro
 
   args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
+  keep_freed_host_memory()
   try:
     path = run_study(
       args.config,

@@ -411,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Command-line entry point: ``python -m lstmdrop_jax.train --workdir DIR [flags]``."""
   try:
     args = tyro.cli(_Cli, args=argv, description=__doc__.split("\n\n")[0])
+    par.keep_freed_host_memory()
     par.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     summary = train_and_evaluate(args.config, args.workdir)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:

@@ -275,6 +275,8 @@ def _spawn(args, name: str, impl: str, seeds: int) -> dict | None:
   cmd += ["--unroll", str(args.unroll)] if args.unroll else []
   cmd += ["--shard"] if args.shard else []
   env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+  if args.malloc == "keep":  # every implementation alike; see parallel.keep_freed_host_memory
+    env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(1 << 30))
   if args.device == "cpu":
     env["JAX_PLATFORMS"] = "cpu"
     if args.host_devices > 1:
@@ -306,6 +308,13 @@ def main(argv=None) -> None:
   )
   p.add_argument("--shard", action="store_true", help="ours/flax: split the batch over all devices")
   p.add_argument("--host-devices", type=int, default=1, help="CPU: force this many host devices")
+  p.add_argument(
+    "--malloc",
+    choices=["keep", "default"],
+    default="keep",
+    help="keep: every implementation runs with glibc keeping freed memory (what the training "
+    "CLI does, parallel.keep_freed_host_memory); default: glibc's own thresholds",
+  )
   p.add_argument("--warmup", type=int, default=5)
   p.add_argument("--steps", type=int, default=20, help="steps per timed window")
   p.add_argument("--repeats", type=int, default=5)
@@ -353,7 +362,7 @@ def main(argv=None) -> None:
 
   device = next((r[i]["device"] for r in results for i in impls if r.get(i)), args.device)
   timing = f"median of {args.repeats}x{args.steps} steps"
-  setting = f"{args.dtype}, unroll {args.unroll or 'default'}"
+  setting = f"{args.dtype}, unroll {args.unroll or 'default'}, malloc {args.malloc}"
   print(f"\nms per training step on {device} ({setting}), {timing}\n")
   head = (
     "| config | "

@@ -127,3 +127,35 @@ def test_indivisible_layouts_get_clear_errors(four_devices):
   assert "batch_size 10 is not divisible by the 4 devices" in errors["batch"]
   assert "use a multiple of 4 (e.g. 12)" in errors["batch"]
   assert "3 runs cannot be split over 4 devices" in errors["runs"]
+
+
+_ALLOCATOR_PROBE = """
+import json, sys
+import jax, numpy as np
+from lstmdrop_jax import parallel
+from lstmdrop_jax.checkpoint import RunCheckpoints
+from lstmdrop_jax.train import Config, train_and_evaluate
+applied = parallel.keep_freed_host_memory()
+train_and_evaluate(Config(dataset="synthetic", hidden=8, epochs=1, batch_size=16), sys.argv[1])
+state, _ = RunCheckpoints(sys.argv[1]).restore()
+sums = [float(np.asarray(p, np.float64).sum()) for p in jax.tree.leaves(state["params"])]
+print(json.dumps({"applied": applied, "sums": sums}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+def test_keep_freed_host_memory_applies_and_changes_no_result(tmp_path):
+  out = {}
+  for flag in ("0", "1"):
+    env = dict(os.environ, LSTMDROP_NO_MALLOPT=flag, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+      [sys.executable, "-c", _ALLOCATOR_PROBE, str(tmp_path / flag)],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=ROOT,
+      check=True,
+    )
+    out[flag] = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["0"]["applied"] is True and out["1"]["applied"] is False
+  assert out["0"]["sums"] == out["1"]["sums"]
