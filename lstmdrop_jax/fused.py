@@ -9,10 +9,14 @@ as one ``[T, B, 4H]`` block, so the hoisted input projection's backward is
 also a single matmul. Serial matmuls per step: forward 1, backward 1 (2 for
 autodiff).
 
-The forward pass saves the gate activations, ``c_{t-1}``, ``tanh(c_t)`` and
-``h_{t-1}`` (all float32), so the backward pass recomputes nothing. Same
-equations, layout and masking as ``lstm._FusedCell``; ``tests/test_fused.py``
-checks values and gradients against autodiff of that cell.
+The forward loop writes, per step, the output and two residuals: the gate
+activations and the cell carry ``c_t`` (and, only for padded batches, the
+``h`` carry, which the outputs then no longer hold). ``c_{t-1}``, ``h_{t-1}``
+and ``tanh(c_t)`` are rebuilt from these for all steps at once before the
+backward loop: shifting a stacked block costs far less than writing three
+more blocks one step at a time. Same equations, layout and masking as the
+``nn.scan`` cell (``lstm._ScanCell``); ``tests/test_fused.py`` checks values
+and gradients against autodiff of that cell.
 """
 
 from __future__ import annotations
@@ -40,32 +44,38 @@ def gate_activations(z_BG: Array) -> Array:
 
 
 def _step(h, c, xw_BG, valid_B, kernel_hh, scale_BH, cdt):
-  """One step: returns the new carry, the output and the residuals."""
+  """One step: returns the new carry ``(h, c)``, the output and the gate activations."""
   h_in = h if scale_BH is None else h * scale_BH
   z = xw_BG + jnp.dot(h_in.astype(cdt), kernel_hh, preferred_element_type=xw_BG.dtype)
   act = gate_activations(z)
   i, f, g, o = jnp.split(act, 4, axis=-1)
   c_new = f * c + i * g
-  tc = jnp.tanh(c_new)
-  h_new = o * tc
-  res = (act, c, tc, h)
+  h_new = o * jnp.tanh(c_new)
   if valid_B is None:
-    return h_new, c_new, h_new, res
+    return h_new, c_new, h_new, act
   v = valid_B[:, None]
-  return jnp.where(v, h_new, h), jnp.where(v, c_new, c), jnp.where(v, h_new, 0.0), res
+  return jnp.where(v, h_new, h), jnp.where(v, c_new, c), jnp.where(v, h_new, 0.0), act
 
 
 def _forward(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, unroll):
+  """The loop; residuals ``(act, c carries, h carries or None)``, each stacked over T."""
   cdt = kernel_hh.dtype
+  padded = valid_TB is not None
 
   def body(carry, xs):
     h, c = carry
     xw, v = xs
-    h, c, y, res = _step(h, c, xw, v, kernel_hh, scale_BH, cdt)
-    return (h, c), (y, res)
+    h, c, y, act = _step(h, c, xw, v, kernel_hh, scale_BH, cdt)
+    return (h, c), (y, act, c, h if padded else None)
 
-  (hT, cT), (ys, res) = jax.lax.scan(body, (h0, c0), (xw_TBG, valid_TB), unroll=unroll)
-  return (hT, cT), ys, res
+  (hT, cT), (ys, act, cs, hs) = jax.lax.scan(body, (h0, c0), (xw_TBG, valid_TB), unroll=unroll)
+  # Without padding the h carries are the outputs.
+  return (hT, cT), ys, (act, cs, ys if hs is None else hs)
+
+
+def _shift_in(first_BX: Array, stacked_TBX: Array) -> Array:
+  """``[first, stacked[0], ..., stacked[T-2]]``: the value entering each step."""
+  return jnp.concatenate([first_BX[None], stacked_TBX[:-1]], axis=0)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(6,))
@@ -98,12 +108,16 @@ def lstm_recurrence(
 
 def _fwd(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, unroll):
   carry, ys, res = _forward(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, unroll)
-  return (carry, ys), (res, kernel_hh, valid_TB, scale_BH)
+  return (carry, ys), (res, h0, c0, kernel_hh, valid_TB, scale_BH)
 
 
 def _bwd(unroll, saved, cotangents):
-  (act, c_prev, tc, h_prev), kernel_hh, valid_TB, scale_BH = saved
+  (act, cs, hs), h0, c0, kernel_hh, valid_TB, scale_BH = saved
   (dhT, dcT), dys = cotangents
+  # The carries entering each step, and tanh(c_t). At a padded step cs holds
+  # the unchanged carry, not c_t; its coefficients are then never used (the
+  # loop zeroes u and w there), they only need to be finite.
+  c_prev, h_prev, tc = _shift_in(c0, cs), _shift_in(h0, hs), jnp.tanh(cs)
   cdt = kernel_hh.dtype
   kernel_t = kernel_hh.T
   # Everything that does not depend on the backward carry is computed here,
