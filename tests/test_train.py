@@ -154,6 +154,10 @@ def _cli(workdir, *extra):
   ]  # fmt: skip
 
 
+def _default_sigint() -> None:
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
@@ -165,7 +169,13 @@ def uninterrupted(tmp_path_factory):
 def test_kill_and_resume_equals_uninterrupted(tmp_path, uninterrupted, sig):
   workdir = tmp_path / "run"
   proc = subprocess.Popen(
-    _cli(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    _cli(workdir),
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    # A shell's background jobs inherit SIGINT ignored, and Python keeps it
+    # so; a user's Ctrl-C reaches a trainer with the default disposition.
+    preexec_fn=_default_sigint,
   )
   log = workdir / "metrics.jsonl"
   deadline = time.time() + 120
