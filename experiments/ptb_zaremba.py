@@ -16,13 +16,14 @@ from window to window and reset at the start of each evaluation and epoch.
 
 Commands::
 
-  python experiments/ptb_zaremba.py --config small          # CPU: about 1.5 h on 2 cores
+  python experiments/ptb_zaremba.py --config small          # CPU: 62.6 min on 2 cores
   python experiments/ptb_zaremba.py --config medium         # GPU (scripts/gpu_ptb.sh)
   python experiments/ptb_zaremba.py --config medium --variants
   python experiments/ptb_zaremba.py --quick                 # a CPU smoke test of a few minutes
 
-Outputs go to ``results/ptb/`` (``runs/<name>/`` run folders, resumable, and
-``ptb_table.{md,csv}``, ``ptb_variants.{md,csv}``). Results: docs/ptb.md.
+Outputs go to ``results/ptb/``: ``runs/<name>/`` run folders (resumable),
+``ptb_<config>[_quick].{md,csv}`` (e.g. ``ptb_small.md``) and, with
+``--variants``, ``ptb_variants.{md,csv}``. Results: docs/ptb.md.
 """
 
 from __future__ import annotations

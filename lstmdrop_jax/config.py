@@ -56,9 +56,10 @@ class Config:
   train_tokens: int | None = None
   """Language models: train on the first N training tokens only (smoke tests)."""
 
-  # Optimisation.
   optimizer: Literal["adam", "sgd"] = "adam"
+  """Optimiser: Adam or plain SGD (Zaremba et al. use SGD)."""
   learning_rate: float = 1e-3
+  """Initial learning rate (decayed by lr_decay after decay_after epochs)."""
   lr_decay: float = 1.0
   """Divide the learning rate by this once per epoch after decay_after epochs."""
   decay_after: int = 0

@@ -184,7 +184,7 @@ class LSTMStack(nn.Module):
     layers: number of layers (>= 1).
     dropout: a ``DropoutConfig``; ``embedding`` is ignored here.
     unroll: time steps per scan iteration (>= 1); None (the default) picks
-      ``default_unroll()``: 8 on accelerators, 1 on CPUs (measured fastest).
+      ``default_unroll()``: 8 on accelerators, 1 on CPUs.
     compute_dtype: matmul dtype, ``jnp.float32`` or ``jnp.bfloat16``.
     impl: ``"fused"`` (default) or ``"scan"``, see ``IMPLS``.
     kernel_init, recurrent_init, bias_init, forget_bias: initialisation.
@@ -307,8 +307,8 @@ IMPLS = ("fused", "scan")
 
 def default_unroll() -> int:
   """Time steps per scan iteration when none is given: 8 on GPUs and TPUs
-  (the recurrence is latency-bound there), 1 on CPUs, where unrolling made
-  the seed_clf training step slower (54 ms at 1, 95 ms at 8; docs/PERFORMANCE.md)."""
+  (the recurrence is latency-bound there), 1 on CPUs, where larger unrolls
+  gave no measurable gain and compile longer (docs/PERFORMANCE.md)."""
   return 1 if jax.default_backend() == "cpu" else 8
 
 

@@ -55,7 +55,7 @@ def keep_freed_host_memory() -> bool:
   above its mmap threshold with a new ``mmap`` and unmaps them when freed, so
   each step page-faults all of that memory in again. Raising the mmap and
   trim thresholds keeps freed memory in the heap for the next step: on a
-  2-core CPU, 15-25% off the benchmark's training steps, with bit-identical
+  2-core CPU, 15-30% off the benchmark's training steps, with bit-identical
   results (docs/PERFORMANCE.md). The cost is that the process keeps its peak
   heap size. Equivalent to starting Python with
   ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set.
