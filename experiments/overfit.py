@@ -20,7 +20,7 @@ folders; re-running resumes and skips finished runs).
 Runtime on a 2-core CPU (JAX 0.10.2, all 85 runs of the default grid:
 (no dropout + 4 placements x 4 rates) x 5 seeds): GunPoint 27.6 min
 (31.4 min when repeated from a fresh clone, same tables), synthetic
-38.3 min; ``--quick`` (18 runs) 1.4 min.
+38.3 min (37.4 repeated, same tables); ``--quick`` (18 runs) 1.4 min.
 
 Result (mean over 5 seeds; full tables in docs/overfit.md, reading in
 README.md): without dropout the 2x64 LSTM reaches train accuracy 1.000 on
