@@ -152,9 +152,15 @@ def _bwd(unroll, saved, cotangents):
   xs = (dys, k_c, coef, f, v_TB1)
   (dh0, dc0), (dz_TBG, dh_in_TBH) = jax.lax.scan(body, (dhT, dcT), xs, reverse=True, unroll=unroll)
   h_in = h_prev if scale_BH is None else h_prev * scale_BH
-  # The weight gradient: one matmul over all steps, outside the loop.
-  dkernel = jnp.einsum(
-    "tbh,tbg->hg", h_in.astype(cdt), dz_TBG.astype(cdt), preferred_element_type=jnp.float32
+  # The weight gradient: one [H, T*B] @ [T*B, 4H] matmul over all steps,
+  # outside the loop. Written on the flattened 2-D blocks: the same product
+  # as einsum("tbh,tbg->hg"), which XLA's CPU backend runs about 1.6x
+  # slower (two contracting dimensions).
+  T, B, G = dz_TBG.shape
+  dkernel = jnp.dot(
+    h_in.reshape(T * B, -1).T.astype(cdt),
+    dz_TBG.reshape(T * B, G).astype(cdt),
+    preferred_element_type=jnp.float32,
   ).astype(kernel_hh.dtype)
   dscale = None if scale_BH is None else jnp.sum(dh_in_TBH * h_prev, axis=0)
   return dz_TBG, dkernel, dh0, dc0, None, dscale

@@ -170,11 +170,17 @@ class LanguageModel(nn.Module):
       # Whole-word dropout: a word's row is dropped for the whole batch.
       x_BTE = dr.apply_mask(x_BTE, keep_V[tokens_BT][..., None], rate)
     y_BTH, carry = self._stack()(x_BTE, carry=carry, train=train)
+    # The softmax layer on the flattened [B*T, H] block: its kernel gradient is
+    # then a plain 2-D matmul (on the 3-D block it contracts two dimensions,
+    # which XLA's CPU backend runs markedly slower).
+    B, T, H = y_BTH.shape
+    y_NH = y_BTH.reshape(B * T, H)
     if self.tie_weights:
-      logits = embed.attend(y_BTH)
+      logits_NV = embed.attend(y_NH)
     else:
       dense_inits = {}
       if self.init_scale is not None:
         dense_inits = {"kernel_init": inits["kernel_init"], "bias_init": inits["bias_init"]}
-      logits = nn.Dense(self.vocab_size, name="head", **dense_inits)(y_BTH)
+      logits_NV = nn.Dense(self.vocab_size, name="head", **dense_inits)(y_NH)
+    logits = logits_NV.reshape(B, T, self.vocab_size)
     return logits, carry
