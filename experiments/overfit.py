@@ -45,7 +45,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lstmdrop_jax.dropout import DropoutConfig
-from lstmdrop_jax.parallel import keep_freed_host_memory
+from lstmdrop_jax.parallel import keep_freed_host_memory, use_cpu_devices
 from lstmdrop_jax.report import build_overfit_report
 from lstmdrop_jax.train import Config, train_runs
 
@@ -72,6 +72,9 @@ class Args:
   """Runs trained together in one vmapped step (0: the whole grid)."""
   parallel: str = "data"
   """How devices share a group: 'data' (split batches) or 'runs' (whole runs per device)."""
+  cpu_devices: int | None = None
+  """CPU: present the CPU as this many JAX devices (e.g. one per core) and split
+  the work across them as --parallel says (docs/PERFORMANCE.md)."""
   quick: bool = False
   """A CPU-sized version: 2 seeds, rates 0.2 and 0.5, 32 units, 60 epochs."""
   out: Path | None = None
@@ -116,11 +119,15 @@ def grid(args: Args) -> list[tuple[str, Config]]:
 
 def main(argv=None) -> None:
   args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0]).resolved()
+  try:
+    use_cpu_devices(args.cpu_devices)
+    runs = grid(args)
+    for _, c in runs:
+      c.validate()  # every bad value is reported before anything is written
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   keep_freed_host_memory()
   out = args.out or Path("results") / f"overfit_{args.dataset}{'_quick' if args.quick else ''}"
-  runs = grid(args)
-  for _, c in runs:
-    c.validate()  # every bad value is reported before anything is written
   size = args.group_size or len(runs)
   t0 = time.perf_counter()
   for i in range(0, len(runs), size):

@@ -20,6 +20,13 @@ devices (``put``); metrics come back reduced by XLA; only process 0 writes
 run-folder files (``is_main_process``), while all processes take part in
 Orbax checkpoints.
 
+CPU cores: a CPU is one JAX device, and a small LSTM's recurrence runs on
+one core of it (its per-step matmuls are too small to split). With
+``use_cpu_devices(n)`` (``--cpu-devices n`` in the scripts) JAX presents the
+CPU as n devices, and data parallelism gives each core its own share of the
+batch and its own recurrent loop. Results then differ from one device's in
+float rounding (the gradient is summed in two parts), as on any device count.
+
 Host memory: ``keep_freed_host_memory`` stops glibc from handing large freed
 buffers back to the OS, which on the CPU backend otherwise costs a page
 fault per 4 KiB of every large intermediate at every step.
@@ -71,6 +78,30 @@ def keep_freed_host_memory() -> bool:
     return False
   big = 1 << 30
   return bool(mallopt(_M_MMAP_THRESHOLD, big)) and bool(mallopt(_M_TRIM_THRESHOLD, big))
+
+
+def use_cpu_devices(n: int | None) -> None:
+  """Presents the CPU as ``n`` JAX devices (None: leave JAX's default, one).
+
+  Call it before anything touches JAX's backends (before the first array or
+  ``jax.devices()``). Then ``make_mesh`` spans the n devices and training is
+  data parallel across them: on a CPU with n cores, each core runs the
+  recurrence for its share of the batch (``docs/PERFORMANCE.md``). Has no
+  effect on which accelerator is used when there is one; the CPU devices are
+  then not part of the mesh.
+  """
+  if n is None:
+    return
+  if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    raise ValueError(f"cpu_devices must be an int >= 1 (e.g. the number of cores), got {n!r}")
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:
+    raise ValueError(
+      f"cpu_devices={n} came too late: JAX's backends were already started in this "
+      "process. Call parallel.use_cpu_devices before any JAX operation (or pass "
+      "--cpu-devices on the command line)"
+    ) from None
 
 
 def initialize_distributed(

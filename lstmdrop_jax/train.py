@@ -411,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Command-line entry point: ``python -m lstmdrop_jax.train --workdir DIR [flags]``."""
   try:
     args = tyro.cli(_Cli, args=argv, description=__doc__.split("\n\n")[0])
+    par.use_cpu_devices(args.cpu_devices)
     par.keep_freed_host_memory()
     par.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     summary = train_and_evaluate(args.config, args.workdir)
@@ -433,6 +434,9 @@ class _Cli:
   """Multi-host: number of processes."""
   process_id: int | None = None
   """Multi-host: this process's index."""
+  cpu_devices: int | None = None
+  """CPU: present the CPU as this many JAX devices (e.g. one per core) and train
+  data parallel across them; the batch size must be a multiple of it."""
 
 
 if __name__ == "__main__":

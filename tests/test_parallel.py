@@ -159,3 +159,56 @@ def test_keep_freed_host_memory_applies_and_changes_no_result(tmp_path):
     out[flag] = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["0"]["applied"] is True and out["1"]["applied"] is False
   assert out["0"]["sums"] == out["1"]["sums"]
+
+
+_CPU_DEVICES_PROBE = """
+import json
+from lstmdrop_jax import parallel
+parallel.use_cpu_devices(2)
+import jax
+count = jax.device_count()
+try:
+  parallel.use_cpu_devices(3)  # too late: JAX has started
+  late = None
+except ValueError as e:
+  late = str(e)
+print(json.dumps({"count": count, "late": late}))
+"""
+
+
+def test_use_cpu_devices_splits_the_cpu_and_refuses_to_come_late():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(
+    [sys.executable, "-c", _CPU_DEVICES_PROBE], capture_output=True, text=True, env=env, cwd=ROOT
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["count"] == 2
+  assert "too late" in out["late"] and "before any JAX operation" in out["late"]
+  for bad in (0, -1, 1.5, True):
+    with pytest.raises(ValueError, match="cpu_devices must be an int >= 1"):
+      from lstmdrop_jax import parallel
+
+      parallel.use_cpu_devices(bad)
+
+
+def test_cli_cpu_devices_takes_effect_and_bad_layouts_write_nothing(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+  cli = [sys.executable, "-m", "lstmdrop_jax.train", "--dataset", "synthetic", "--epochs", "1"]
+  # 15 rows cannot be split over the 2 devices the flag makes: refused up front.
+  workdir = tmp_path / "odd"
+  proc = subprocess.run(
+    [*cli, "--workdir", str(workdir), "--cpu-devices", "2", "--batch-size", "15"],
+    capture_output=True, text=True, env=env, cwd=ROOT,
+  )  # fmt: skip
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "not divisible by the 2 devices" in proc.stderr
+  assert not workdir.exists()
+  proc = subprocess.run(
+    [*cli, "--workdir", str(workdir), "--cpu-devices", "0"], capture_output=True, text=True, env=env
+  )
+  assert proc.returncode == 2 and "cpu_devices must be an int >= 1" in proc.stderr
+  assert not workdir.exists()
