@@ -260,11 +260,11 @@ def _single(args) -> None:
       args.warmup,
       args.steps,
       args.repeats,
-      args.shard,
+      args.impl in args.shard,
     )
   import jax
 
-  out["devices"] = jax.device_count() if args.impl != "torch" else 1
+  out["devices"] = jax.device_count() if args.impl in args.shard else 1
   print("RESULT " + json.dumps(out))
 
 
@@ -273,14 +273,13 @@ def _spawn(args, name: str, impl: str, seeds: int) -> dict | None:
   cmd += ["--device", args.device, "--dtype", args.dtype, "--seeds", str(seeds)]
   cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps), "--repeats", str(args.repeats)]
   cmd += ["--unroll", str(args.unroll)] if args.unroll else []
-  cmd += ["--shard"] if args.shard else []
+  cmd += ["--shard", impl] if impl in args.shard else []
+  cmd += ["--cpu-devices", str(args.cpu_devices)] if args.cpu_devices else []
   env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
   if args.malloc == "keep":  # every implementation alike; see parallel.keep_freed_host_memory
     env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(1 << 30))
   if args.device == "cpu":
     env["JAX_PLATFORMS"] = "cpu"
-    if args.host_devices > 1:
-      env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.host_devices}"
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
   if proc.returncode != 0 or not lines:
@@ -306,8 +305,28 @@ def main(argv=None) -> None:
   p.add_argument(
     "--seeds", type=int, default=1, help="also time K seeds in one vmapped step (ours)"
   )
-  p.add_argument("--shard", action="store_true", help="ours/flax: split the batch over all devices")
-  p.add_argument("--host-devices", type=int, default=1, help="CPU: force this many host devices")
+  p.add_argument(
+    "--shard",
+    nargs="*",
+    choices=["ours", "flax"],
+    default=None,
+    help="split the batch over all devices (data parallel) for these JAX implementations "
+    "(no names: ours and flax); the others run on one device",
+  )
+  p.add_argument(
+    "--cpu-devices",
+    type=int,
+    default=None,
+    help="CPU: present the CPU as this many JAX devices (parallel.use_cpu_devices), e.g. "
+    "one per core; with --shard, each gets its share of the batch",
+  )
+  p.add_argument(
+    "--rounds",
+    type=int,
+    default=1,
+    help="run every implementation this many times, alternating, in fresh processes; "
+    "report the median (separate processes differ by several percent on a busy CPU)",
+  )
   p.add_argument(
     "--malloc",
     choices=["keep", "default"],
@@ -323,8 +342,14 @@ def main(argv=None) -> None:
   p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  args.shard = ["ours", "flax"] if args.shard == [] else list(args.shard or [])
   if args.single:
+    from lstmdrop_jax import parallel
+
+    parallel.use_cpu_devices(args.cpu_devices)  # before JAX starts
     return _single(args)
+  if args.rounds < 1:
+    p.error(f"--rounds must be >= 1, got {args.rounds}")
   if args.configs is None:
     args.configs = (
       ["seed_clf", "ptb_small"]
@@ -348,20 +373,34 @@ def main(argv=None) -> None:
       "unroll": args.unroll,
       "gflop_per_step": flops_per_step(c) / 1e9,
     }
-    for impl in impls:
-      r = _spawn(args, name, impl, 1)
-      row[impl] = r
-      if r:
-        print(
-          f"  {name:15s} {impl:6s} {r['ms']:9.3f} ms/step  (compile {r['compile_s']:.1f} s)",
-          file=sys.stderr,
-        )
+    runs = {impl: [] for impl in impls}
+    for _ in range(args.rounds):  # alternating, so drift hits every implementation alike
+      for impl in impls:
+        r = _spawn(args, name, impl, 1)
+        if r:
+          runs[impl].append(r)
+          print(
+            f"  {name:15s} {impl:6s} {r['ms']:9.3f} ms/step on {r['devices']} device(s)"
+            f"  (compile {r['compile_s']:.1f} s)",
+            file=sys.stderr,
+          )
+    for impl in impls:  # a failed round fails the implementation
+      rs = runs[impl]
+      row[impl] = None
+      if len(rs) == args.rounds:
+        row[impl] = dict(rs[0], ms=statistics.median(r["ms"] for r in rs))
+        row[impl]["ms_rounds"] = [r["ms"] for r in rs]
     if args.seeds > 1 and "ours" in impls:
       row[f"ours_x{args.seeds}"] = _spawn(args, name, "ours", args.seeds)
     results.append(row)
 
   device = next((r[i]["device"] for r in results for i in impls if r.get(i)), args.device)
   timing = f"median of {args.repeats}x{args.steps} steps"
+  if args.rounds > 1:
+    timing += f", median of {args.rounds} alternating rounds"
+  if args.shard:
+    n = next((r[i]["devices"] for r in results for i in args.shard if r.get(i)), "?")
+    timing += f"; {'/'.join(args.shard)}: batch split over {n} devices, others on one"
   setting = f"{args.dtype}, unroll {args.unroll or 'default'}, malloc {args.malloc}"
   print(f"\nms per training step on {device} ({setting}), {timing}\n")
   head = (
