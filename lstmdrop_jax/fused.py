@@ -31,30 +31,37 @@ import numpy as np
 Array = jax.Array
 
 
-def time_batch_matmul(a: Array, b: Array, spec: str, out_dtype: Any) -> Array:
-  """``jnp.einsum(spec, a, b)`` for a product over ``[T, B, ...]`` blocks.
+def _flatten_time_and_batch() -> bool:
+  """Whether ``[T, B, ...]`` blocks are flattened to ``[T*B, ...]`` for matmuls.
 
-  Either ``"tbf,fg->tbg"`` (a projection of every step) or ``"tbh,tbg->hg"``
-  (a weight gradient, contracting time and batch). On one device the blocks
-  are flattened to ``[T*B, ...]`` first, so that the product and the
-  gradients autodiff derives from it are plain 2-D matmuls: XLA's CPU backend
-  runs a contraction over two dimensions markedly slower (about a tenth of a
-  seed_clf training step). Merging T and B would put a sharded batch axis
-  inside the merged one, which XLA can only honour by gathering the batch,
-  so with several devices (data parallelism) the 3-D form is kept. Same
-  product either way; the rounding may differ.
+  Flattening makes the products below, and the gradients autodiff derives
+  from them, plain 2-D matmuls: XLA's CPU backend runs a contraction over two
+  dimensions (time and batch) markedly slower, about a tenth of a seed_clf
+  training step (docs/PERFORMANCE.md). But merging T and B puts a sharded
+  batch axis inside the merged one, which XLA can only honour by gathering
+  the batch on every device, so with several devices (data parallelism) the
+  3-D form is kept. The same product either way; the rounding may differ.
   """
-  if jax.device_count() > 1:
-    return jnp.einsum(spec, a, b, preferred_element_type=out_dtype)
-  T, B = a.shape[:2]
-  if spec == "tbf,fg->tbg":
-    out = jnp.dot(a.reshape(T * B, -1), b, preferred_element_type=out_dtype)
-    return out.reshape(T, B, -1)
-  if spec == "tbh,tbg->hg":
-    return jnp.dot(
-      a.reshape(T * B, -1).T, b.reshape(T * B, -1), preferred_element_type=out_dtype
-    )
-  raise ValueError(f"unsupported spec {spec!r}")
+  return jax.device_count() == 1
+
+
+def project_steps(x_TBF: Array, w_FG: Array, out_dtype: Any) -> Array:
+  """``x_TBF @ w_FG`` for every step at once: ``[T, B, G]``."""
+  if not _flatten_time_and_batch():
+    return jnp.einsum("tbf,fg->tbg", x_TBF, w_FG, preferred_element_type=out_dtype)
+  T, B, F = x_TBF.shape
+  out = jnp.dot(x_TBF.reshape(T * B, F), w_FG, preferred_element_type=out_dtype)
+  return out.reshape(T, B, -1)
+
+
+def contract_steps(a_TBH: Array, b_TBG: Array, out_dtype: Any) -> Array:
+  """``sum over t, b of a[t, b]^T b[t, b]``: ``[H, G]`` (a weight gradient)."""
+  if not _flatten_time_and_batch():
+    return jnp.einsum("tbh,tbg->hg", a_TBH, b_TBG, preferred_element_type=out_dtype)
+  T, B = a_TBH.shape[:2]
+  return jnp.dot(
+    a_TBH.reshape(T * B, -1).T, b_TBG.reshape(T * B, -1), preferred_element_type=out_dtype
+  )
 
 
 def gate_activations(z_BG: Array) -> Array:
@@ -181,9 +188,8 @@ def _bwd(unroll, saved, cotangents):
   h_in = h_prev if scale_BH is None else h_prev * scale_BH
   # The weight gradient: one [H, T*B] @ [T*B, 4H] matmul over all steps,
   # outside the loop.
-  dkernel = time_batch_matmul(
-    h_in.astype(cdt), dz_TBG.astype(cdt), "tbh,tbg->hg", jnp.float32
-  ).astype(kernel_hh.dtype)
+  dkernel = contract_steps(h_in.astype(cdt), dz_TBG.astype(cdt), jnp.float32)
+  dkernel = dkernel.astype(kernel_hh.dtype)
   dscale = None if scale_BH is None else jnp.sum(dh_in_TBH * h_prev, axis=0)
   return dz_TBG, dkernel, dh0, dc0, None, dscale
 

@@ -131,9 +131,7 @@ class LSTMLayer(nn.Module):
 
     cdt = self.compute_dtype
     # Hoisted input projection: one matmul for all T steps.
-    xw_TBG = fused.time_batch_matmul(
-      x_TBF.astype(cdt), kernel_ih.astype(cdt), "tbf,fg->tbg", state_dtype(cdt)
-    )
+    xw_TBG = fused.project_steps(x_TBF.astype(cdt), kernel_ih.astype(cdt), state_dtype(cdt))
     xw_TBG = xw_TBG + bias.astype(xw_TBG.dtype)
 
     kernel_hh = kernel_hh.astype(cdt)
