@@ -44,6 +44,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lstmdrop_jax import parallel as par
 from lstmdrop_jax.dropout import DropoutConfig
 from lstmdrop_jax.parallel import keep_freed_host_memory, use_cpu_devices
 from lstmdrop_jax.report import build_overfit_report
@@ -119,16 +120,22 @@ def grid(args: Args) -> list[tuple[str, Config]]:
 
 def main(argv=None) -> None:
   args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0]).resolved()
+  keep_freed_host_memory()
+  # Every bad value, and every group the devices cannot split, is reported
+  # before anything is trained or written.
   try:
     use_cpu_devices(args.cpu_devices)
     runs = grid(args)
     for _, c in runs:
-      c.validate()  # every bad value is reported before anything is written
+      c.validate()
+    size = args.group_size or len(runs)
+    mesh = par.make_mesh()
+    for i in range(0, len(runs), size):
+      n = len(runs[i : i + size])
+      par.check_layout(args.parallel, mesh, runs=n, batch_size=args.batch_size)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
-  keep_freed_host_memory()
   out = args.out or Path("results") / f"overfit_{args.dataset}{'_quick' if args.quick else ''}"
-  size = args.group_size or len(runs)
   t0 = time.perf_counter()
   for i in range(0, len(runs), size):
     chunk = runs[i : i + size]

@@ -25,7 +25,8 @@ one core of it (its per-step matmuls are too small to split). With
 ``use_cpu_devices(n)`` (``--cpu-devices n`` in the scripts) JAX presents the
 CPU as n devices, and data parallelism gives each core its own share of the
 batch and its own recurrent loop. Results then differ from one device's in
-float rounding (the gradient is summed in two parts), as on any device count.
+float rounding (the gradient is summed in parts, and some matmuls keep a
+3-D layout, see ``fused.project_steps``), as on any device count.
 
 Host memory: ``keep_freed_host_memory`` stops glibc from handing large freed
 buffers back to the OS, which on the CPU backend otherwise costs a page

@@ -212,3 +212,18 @@ def test_cli_cpu_devices_takes_effect_and_bad_layouts_write_nothing(tmp_path):
   )
   assert proc.returncode == 2 and "cpu_devices must be an int >= 1" in proc.stderr
   assert not workdir.exists()
+
+
+def test_overfit_refuses_an_unsplittable_grid_before_writing(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  out = tmp_path / "grid"
+  script = str(ROOT / "experiments" / "overfit.py")
+  proc = subprocess.run(
+    [sys.executable, script, "--dataset", "synthetic", "--quick", "--cpu-devices", "4",
+     "--parallel", "runs", "--out", str(out)],
+    capture_output=True, text=True, env=env, cwd=ROOT,
+  )  # fmt: skip
+  assert proc.returncode != 0
+  assert "error: 18 runs cannot be split over 4 devices" in proc.stderr, proc.stderr[-2000:]
+  assert not out.exists()
