@@ -172,7 +172,9 @@ class LanguageModel(nn.Module):
     y_BTH, carry = self._stack()(x_BTE, carry=carry, train=train)
     # The softmax layer on the flattened [B*T, H] block: its kernel gradient is
     # then a plain 2-D matmul (on the 3-D block it contracts two dimensions,
-    # which XLA's CPU backend runs markedly slower).
+    # which XLA's CPU backend runs markedly slower). Batch-major, so a batch
+    # sharded over devices stays sharded (unlike the stack's [T, B] blocks,
+    # see fused.project_steps).
     B, T, H = y_BTH.shape
     y_NH = y_BTH.reshape(B * T, H)
     if self.tie_weights:
