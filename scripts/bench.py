@@ -4,7 +4,9 @@ A step is forward + backward + Adam update, dropout 0.5 at the three
 placements (input, between the two layers, output). Three implementations
 of the same model:
 
-* ``ours``: ``SequenceClassifier`` / ``LanguageModel`` and ``steps.make_train_step``;
+* ``ours``: ``SequenceClassifier`` / ``LanguageModel`` and ``steps.make_train_step``
+  (``ours-scan``: the same with ``impl="scan"``, the recurrence differentiated by
+  autodiff instead of our backward pass, for comparison);
 * ``flax``: ``nn.RNN(nn.OptimizedLSTMCell)`` layers with ``nn.Dropout``;
 * ``torch``: ``nn.LSTM(num_layers=2, dropout=0.5)`` (cuDNN on a GPU) with
   ``nn.Dropout`` on the input and output, when torch is importable.
@@ -75,9 +77,10 @@ def _jax_setup(name: str, impl: str, dtype: str, unroll, seeds: int, shard: bool
   tx = optax.adam(1e-3)
   cdt = jnp.dtype(dtype)
 
-  if impl == "ours":
+  if impl in ("ours", "ours-scan"):
     drop = DropoutConfig(RATE, RATE, RATE)
     common = dict(hidden=c["H"], layers=c["L"], dropout=drop, unroll=unroll, compute_dtype=cdt)
+    common["impl"] = "scan" if impl == "ours-scan" else "fused"
     model = LanguageModel(vocab_size=c["V"], **common) if lm else SequenceClassifier(**common)
     step = steps.make_train_step(model, tx)
 
@@ -244,8 +247,27 @@ def _bench_torch(name, dtype, warmup, steps_per_window, repeats, device):
 # --- driver -------------------------------------------------------------------
 
 
+def _set_precision(impl: str, precision: str) -> None:
+  """float32 matmul mode. default: each framework's own (on NVIDIA GPUs since
+  Ampere: XLA and cuDNN's RNN use TF32 tensor cores, torch's other matmuls full
+  float32); tf32: TF32 everywhere; highest: full float32 everywhere."""
+  if precision == "default":
+    return
+  if impl == "torch":
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+  else:
+    import jax
+
+    jax.config.update(
+      "jax_default_matmul_precision", "tensorfloat32" if precision == "tf32" else "highest"
+    )
+
+
 def _single(args) -> None:
   """Runs one (configuration, implementation) and prints one JSON line."""
+  _set_precision(args.impl, args.precision)
   if args.impl == "torch":
     out = _bench_torch(
       args.configs[0], args.dtype, args.warmup, args.steps, args.repeats, args.device
@@ -271,6 +293,7 @@ def _single(args) -> None:
 def _spawn(args, name: str, impl: str, seeds: int) -> dict | None:
   cmd = [sys.executable, __file__, "--single", "--impl", impl, "--configs", name]
   cmd += ["--device", args.device, "--dtype", args.dtype, "--seeds", str(seeds)]
+  cmd += ["--precision", args.precision]
   cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps), "--repeats", str(args.repeats)]
   cmd += ["--unroll", str(args.unroll)] if args.unroll else []
   # Only a sharded implementation gets the extra devices: with several
@@ -284,7 +307,17 @@ def _spawn(args, name: str, impl: str, seeds: int) -> dict | None:
     env.update(MALLOC_MMAP_THRESHOLD_=str(1 << 30), MALLOC_TRIM_THRESHOLD_=str(1 << 30))
   if args.device == "cpu":
     env["JAX_PLATFORMS"] = "cpu"
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+  timeout = args.timeout
+  if args.until is not None:
+    if time.time() >= args.until:
+      print(f"  {name}/{impl}: skipped (--until reached)", file=sys.stderr)
+      return None
+    timeout = min(timeout, max(30, args.until + args.grace - time.time()))
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    print(f"  {name}/{impl}: timed out after {timeout:.0f} s", file=sys.stderr)
+    return None
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
   if proc.returncode != 0 or not lines:
     print(f"  {name}/{impl}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -297,9 +330,20 @@ def main(argv=None) -> None:
   p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
   p.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS))
   p.add_argument(
-    "--impls", nargs="+", default=["ours", "flax", "torch"], choices=["ours", "flax", "torch"]
+    "--impls",
+    nargs="+",
+    default=["ours", "flax", "torch"],
+    choices=["ours", "ours-scan", "flax", "torch"],
   )
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  p.add_argument(
+    "--precision",
+    choices=["default", "tf32", "highest"],
+    default="default",
+    help="float32 matmuls: each framework's default (on recent NVIDIA GPUs XLA and cuDNN's "
+    "RNN use TF32, torch's other matmuls full float32), TF32 everywhere, or full float32 "
+    "everywhere",
+  )
   p.add_argument(
     "--unroll",
     type=int,
@@ -341,7 +385,20 @@ def main(argv=None) -> None:
   p.add_argument("--warmup", type=int, default=5)
   p.add_argument("--steps", type=int, default=20, help="steps per timed window")
   p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--timeout", type=int, default=1200)
+  p.add_argument("--timeout", type=int, default=1200, help="seconds per measurement")
+  p.add_argument(
+    "--until",
+    type=float,
+    default=None,
+    help="Unix time after which no new measurement starts (those left are reported as "
+    "skipped); for a device lease with a fixed budget",
+  )
+  p.add_argument(
+    "--grace",
+    type=float,
+    default=60,
+    help="with --until: a measurement started before it may run this many seconds past it",
+  )
   p.add_argument("--json", type=Path, default=None, help="write the results here")
   p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
   p.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
@@ -354,6 +411,8 @@ def main(argv=None) -> None:
     return _single(args)
   if args.rounds < 1:
     p.error(f"--rounds must be >= 1, got {args.rounds}")
+  if args.grace < 0:
+    p.error(f"--grace must be >= 0 seconds, got {args.grace}")
   if args.cpu_devices is not None and args.cpu_devices < 1:
     p.error(f"--cpu-devices must be >= 1, got {args.cpu_devices}")
   if args.configs is None:
@@ -376,6 +435,7 @@ def main(argv=None) -> None:
     row = {
       "config": name,
       "dtype": args.dtype,
+      "precision": args.precision,
       "unroll": args.unroll,
       "gflop_per_step": flops_per_step(c) / 1e9,
     }
@@ -409,6 +469,7 @@ def main(argv=None) -> None:
     n = next((r[i]["devices"] for r in results for i in sharded if r.get(i)), "?")
     timing += f"; {'/'.join(sharded)}: batch split over {n} devices, others on one"
   setting = f"{args.dtype}, unroll {args.unroll or 'default'}, malloc {args.malloc}"
+  setting += f", matmul precision {args.precision}"
   print(f"\nms per training step on {device} ({setting}), {timing}\n")
   head = (
     "| config | "
@@ -447,7 +508,7 @@ def main(argv=None) -> None:
     print(f"\nwrote {args.json}")
   failed = [(r["config"], i) for r in results for i in impls if not r.get(i)]
   if failed:
-    raise SystemExit(f"failed: {failed}")
+    raise SystemExit(f"failed or skipped: {failed}")
 
 
 if __name__ == "__main__":

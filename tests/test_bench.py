@@ -1,5 +1,7 @@
-"""scripts/bench.py refuses bad arguments before timing anything."""
+"""scripts/bench.py: argument checks, the lease budget (--until), the autodiff variant."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,3 +23,49 @@ def test_bad_arguments_are_refused_with_their_reason(args, message):
   proc = subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True)
   assert proc.returncode == 2
   assert message in proc.stderr
+
+
+def test_bad_grace_and_precision_are_refused():
+  proc = subprocess.run(
+    [sys.executable, str(BENCH), "--grace", "-1"], capture_output=True, text=True
+  )
+  assert proc.returncode == 2 and "--grace must be >= 0 seconds, got -1.0" in proc.stderr
+  proc = subprocess.run(
+    [sys.executable, str(BENCH), "--precision", "fp16"], capture_output=True, text=True
+  )
+  assert proc.returncode == 2 and "argument --precision: invalid choice: 'fp16'" in proc.stderr
+
+
+def test_until_in_the_past_skips_every_measurement_and_says_so(tmp_path):
+  """A lease's budget spent: nothing runs, each skip is reported, the JSON still written."""
+  out = tmp_path / "bench.json"
+  args = ["--configs", "seed_clf", "zaremba_medium", "--impls", "ours", "flax"]
+  proc = subprocess.run(
+    [sys.executable, str(BENCH), *args, "--until", "0", "--json", str(out)],
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  assert proc.returncode == 1
+  assert proc.stderr.count("skipped (--until reached)") == 4
+  assert "failed or skipped" in proc.stderr
+  results = json.loads(out.read_text())["results"]
+  assert [(r["config"], r["ours"], r["flax"]) for r in results] == [
+    ("seed_clf", None, None),
+    ("zaremba_medium", None, None),
+  ]
+
+
+def test_autodiff_variant_runs_one_timed_step():
+  """ours-scan (impl="scan") builds and times the same model as ours."""
+  args = ["--single", "--impl", "ours-scan", "--configs", "seed_clf"]
+  proc = subprocess.run(
+    [sys.executable, str(BENCH), *args, "--warmup", "0", "--steps", "1", "--repeats", "1"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+  assert result["ms"] > 0 and result["devices"] == 1
