@@ -290,7 +290,11 @@ def _single(args) -> None:
   print("RESULT " + json.dumps(out))
 
 
+SKIPPED = {"skipped": True}  # not started: --until had passed
+
+
 def _spawn(args, name: str, impl: str, seeds: int) -> dict | None:
+  """One measurement in a fresh process: its result, None if it failed, or SKIPPED."""
   cmd = [sys.executable, __file__, "--single", "--impl", impl, "--configs", name]
   cmd += ["--device", args.device, "--dtype", args.dtype, "--seeds", str(seeds)]
   cmd += ["--precision", args.precision]
@@ -311,7 +315,7 @@ def _spawn(args, name: str, impl: str, seeds: int) -> dict | None:
   if args.until is not None:
     if time.time() >= args.until:
       print(f"  {name}/{impl}: skipped (--until reached)", file=sys.stderr)
-      return None
+      return SKIPPED
     timeout = min(timeout, max(30, args.until + args.grace - time.time()))
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -440,24 +444,27 @@ def main(argv=None) -> None:
       "gflop_per_step": flops_per_step(c) / 1e9,
     }
     runs = {impl: [] for impl in impls}
+    n_failed = {impl: 0 for impl in impls}
     for _ in range(args.rounds):  # alternating, so drift hits every implementation alike
       for impl in impls:
         r = _spawn(args, name, impl, 1)
-        if r:
+        n_failed[impl] += r is None
+        if r and r is not SKIPPED:
           runs[impl].append(r)
           print(
             f"  {name:15s} {impl:6s} {r['ms']:9.3f} ms/step on {r['devices']} device(s)"
             f"  (compile {r['compile_s']:.1f} s)",
             file=sys.stderr,
           )
-    for impl in impls:  # a failed round fails the implementation
+    for impl in impls:  # a failed round fails the implementation; skipped rounds are left out
       rs = runs[impl]
       row[impl] = None
-      if len(rs) == args.rounds:
+      if rs and not n_failed[impl]:
         row[impl] = dict(rs[0], ms=statistics.median(r["ms"] for r in rs))
         row[impl]["ms_rounds"] = [r["ms"] for r in rs]
     if args.seeds > 1 and "ours" in impls:
-      row[f"ours_x{args.seeds}"] = _spawn(args, name, "ours", args.seeds)
+      k = _spawn(args, name, "ours", args.seeds)
+      row[f"ours_x{args.seeds}"] = None if k is SKIPPED else k
     results.append(row)
 
   device = next((r[i]["device"] for r in results for i in impls if r.get(i)), args.device)
@@ -485,7 +492,13 @@ def main(argv=None) -> None:
     def ratio(base, ms=ms):
       return f"{ms[base] / ms['ours']:.2f}x" if ms.get(base) and ms.get("ours") else "n/a"
 
-    cells = [f"{ms[i]:.3f}" if ms[i] else "failed" for i in impls]
+    def cell(i, r=r, ms=ms):
+      if not ms[i]:
+        return "failed"
+      done = len(r[i]["ms_rounds"])
+      return f"{ms[i]:.3f}" + (f" ({done}/{args.rounds} rounds)" if done < args.rounds else "")
+
+    cells = [cell(i) for i in impls]
     tps = f"{tok / ms['ours'] * 1e3:,.0f}" if ms.get("ours") else "n/a"
     peak = r["ours"]["peak_mb"] if r.get("ours") and r["ours"]["peak_mb"] else None
     print(

@@ -69,3 +69,29 @@ def test_autodiff_variant_runs_one_timed_step():
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(proc.stdout.split("RESULT ", 1)[1])
   assert result["ms"] > 0 and result["devices"] == 1
+
+
+def test_rounds_cut_short_by_until_report_the_rounds_done(tmp_path, monkeypatch, capsys):
+  """Rounds the budget skipped are left out of the median and shown; a failed round fails."""
+  sys.path.insert(0, str(BENCH.parent))
+  import bench
+
+  outcomes = {"ours": [{"ms": 2.0}, {"ms": 4.0}, bench.SKIPPED], "flax": [{"ms": 9.0}, None, None]}
+
+  def fake_spawn(args, name, impl, seeds):
+    r = outcomes[impl].pop(0)
+    return (
+      r
+      if r in (None, bench.SKIPPED)
+      else dict(r, compile_s=0.0, peak_mb=None, devices=1, device="cpu")
+    )
+
+  monkeypatch.setattr(bench, "_spawn", fake_spawn)
+  out = tmp_path / "b.json"
+  args = ["--configs", "seed_clf", "--impls", "ours", "flax", "--rounds", "3", "--json", str(out)]
+  with pytest.raises(SystemExit, match="failed or skipped"):
+    bench.main(args)
+  (row,) = json.loads(out.read_text())["results"]
+  assert row["ours"]["ms"] == 3.0 and row["ours"]["ms_rounds"] == [2.0, 4.0]
+  assert row["flax"] is None
+  assert "| seed_clf | 3.000 (2/3 rounds) | failed |" in capsys.readouterr().out
