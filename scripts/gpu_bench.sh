@@ -13,6 +13,7 @@
 # CPU check of the script: DEVICE=cpu QUICK=1 bash scripts/gpu_bench.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/find_python.sh
 OUT=${OUT:-results/gpu_bench}
 DEVICE=${DEVICE:-gpu}
 UNTIL=$(($(date +%s) + ${BUDGET:-360}))
@@ -25,8 +26,8 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 {
   date -u
   nvidia-smi || true
-  python -c 'import sys, jax, flax, optax; print(sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
-  python -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version())' || true
+  "$PYBIN" -c 'import sys, jax, flax, optax; print(sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
+  "$PYBIN" -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version())' || true
 } >"$LOG" 2>&1
 cat "$LOG"
 
@@ -34,7 +35,7 @@ bench() { # bench NAME ARGS...: one bench.py invocation, its JSON under parts/
   local name=$1
   shift
   echo "### $name: bench.py $*"
-  python scripts/bench.py --device "$DEVICE" --until "$UNTIL" --grace 45 "$@" $TIMING \
+  "$PYBIN" scripts/bench.py --device "$DEVICE" --until "$UNTIL" --grace 45 "$@" $TIMING \
     --json "$OUT/parts/$name.json" || echo "### $name: exit $?"
 }
 
@@ -49,7 +50,7 @@ fi
   bench seeds --configs seed_clf --impls ours --seeds 8
   if [ "$(date +%s)" -lt "$UNTIL" ]; then # where the time goes (compilations come from disk)
     echo "### profile: profile_step.py --configs $ALL"
-    python scripts/profile_step.py --configs $ALL --steps 5 --json "$OUT/parts/profile.json" ||
+    "$PYBIN" scripts/profile_step.py --configs $ALL --steps 5 --json "$OUT/parts/profile.json" ||
       echo "### profile: exit $?"
   fi
   for u in 1 4 16; do bench "fp32_unroll$u" --configs $ALL --impls ours --unroll $u; done
@@ -60,7 +61,7 @@ fi
 
 # One JSON for every invocation, and a summary table last (what the device
 # tool's reply shows).
-python - "$OUT" <<'PY' 2>&1 | tee -a "$LOG"
+"$PYBIN" - "$OUT" <<'PY' 2>&1 | tee -a "$LOG"
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])

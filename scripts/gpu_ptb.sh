@@ -12,13 +12,14 @@
 # CPU check of the pipeline: QUICK=1 JAX_PLATFORMS=cpu bash scripts/gpu_ptb.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/find_python.sh
 OUT=${OUT:-results/gpu_ptb}
 PTB_DIR=${PTB_DIR:-../shared/data/ptb}
 CONFIGS=${CONFIGS:-medium}
 mkdir -p "$OUT"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 (nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
-python - "$OUT" "$PTB_DIR" "$CONFIGS" "${VARIANTS:-0}" "${EPOCHS:-}" "${QUICK:-0}" <<'PY' 2>&1 | tee "$OUT/log.txt"
+"$PYBIN" - "$OUT" "$PTB_DIR" "$CONFIGS" "${VARIANTS:-0}" "${EPOCHS:-}" "${QUICK:-0}" <<'PY' 2>&1 | tee "$OUT/log.txt"
 import sys, time
 from pathlib import Path
 import jax
@@ -34,7 +35,7 @@ for name in configs.split():
 PY
 # Keep what comes back few and small (the device returns at most 8 files):
 # the tables, the log, and every run's summary in one file.
-python - "$OUT" <<'PY'
+"$PYBIN" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
