@@ -50,7 +50,8 @@ fi
   bench seeds --configs seed_clf --impls ours --seeds 8
   if [ "$(date +%s)" -lt "$UNTIL" ]; then # where the time goes (compilations come from disk)
     echo "### profile: profile_step.py --configs $ALL"
-    "$PYBIN" scripts/profile_step.py --configs $ALL --steps 5 --json "$OUT/parts/profile.json" ||
+    timeout $((UNTIL + 45 - $(date +%s))) \
+      "$PYBIN" scripts/profile_step.py --configs $ALL --steps 5 --json "$OUT/parts/profile.json" ||
       echo "### profile: exit $?"
   fi
   for u in 1 4 16; do bench "fp32_unroll$u" --configs $ALL --impls ours --unroll $u; done
@@ -78,5 +79,8 @@ for run, part in parts.items():
     for impl, v in r.items():
       if isinstance(v, dict) and "ms" in v:
         print(f"| {run} | {r['config']} | {r['dtype']} | {r['unroll'] or 'default'} | {impl} | {v['ms']:.3f} |")
+    for impl in r.get("skipped", []):
+      print(f"| {run} | {r['config']} | {r['dtype']} | {r['unroll'] or 'default'} | {impl} | skipped |")
 PY
-rm -rf "$OUT/parts"
+# The parts are removed only once they are merged.
+[ -s "$OUT/bench.json" ] && rm -rf "$OUT/parts"

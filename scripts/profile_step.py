@@ -29,7 +29,10 @@ _CPU_WRAPPERS = ("ThunkExecutor", "$", "SlinkyThreadPool", "PjitFunction", "whil
 
 
 def kernel_events(trace: dict) -> tuple[str, list[dict]]:
-  """The device's kernel events of a perfetto trace, or the host's thunks without a device."""
+  """The device's kernel events of a perfetto trace, or the host's thunks without a device.
+
+  With several devices only the first is read (the benchmark's step runs on one).
+  """
   names = {
     e["pid"]: e["args"]["name"]
     for e in trace["traceEvents"]
@@ -44,7 +47,12 @@ def kernel_events(trace: dict) -> tuple[str, list[dict]]:
       for e in trace["traceEvents"]
       if e.get("ph") == "M" and e.get("name") == "thread_name" and e.get("pid") == pid
     }
-    streams = {t for t, n in threads.items() if n.startswith("Stream")} or set(threads)
+    streams = {t for t, n in threads.items() if n.lower().startswith("stream")}
+    if not streams:
+      raise ValueError(
+        f"no stream rows in the trace of {names[pid]} (threads: {sorted(threads.values())}); "
+        "this JAX's trace layout is not the one profile_step.py knows"
+      )
     return names[pid], [e for e in spans if e["pid"] == pid and e.get("tid") in streams]
   return "host", [e for e in spans if not e["name"].startswith(_CPU_WRAPPERS)]
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
@@ -37,6 +39,18 @@ def test_gpu_trace_keeps_the_streams_and_drops_summary_rows():
   where, events = profile_step.kernel_events(trace)
   assert where == "/device:GPU:0"
   assert sorted(e["name"] for e in events) == ["gemm_fusion_dot", "loop_add_fusion"]
+
+
+def test_gpu_trace_without_stream_rows_is_refused_not_misread():
+  trace = {
+    "traceEvents": [
+      _meta(2, "/device:GPU:0"),
+      _meta(2, "XLA Ops", tid=8),
+      _span(2, 8, "fusion.3", 7),
+    ]
+  }
+  with pytest.raises(ValueError, match="no stream rows in the trace of /device:GPU:0"):
+    profile_step.kernel_events(trace)
 
 
 def test_cpu_trace_keeps_the_thunks_not_their_wrappers():
