@@ -258,7 +258,7 @@ def plot_gap(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
     m = np.array([r["gap"]["mean"] for r in sel])
     lo = np.array([r["gap"]["lo"] if r["gap"]["n"] > 1 else r["gap"]["mean"] for r in sel])
     hi = np.array([r["gap"]["hi"] if r["gap"]["n"] > 1 else r["gap"]["mean"] for r in sel])
-    ax.errorbar(x, m, yerr=[m - lo, hi - m], marker="o", capsize=3, label=p)
+    ax.errorbar(x, m, yerr=np.stack([m - lo, hi - m]), marker="o", capsize=3, label=p)
   ax.set_xlabel("dropout rate")
   ax.set_ylabel("final train - val accuracy")
   ax.grid(alpha=0.3)
