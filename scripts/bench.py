@@ -539,11 +539,10 @@ def main(argv=None) -> None:
     )
     print(f"\nwrote {args.json}")
   wanted = impls + ([f"ours_x{args.seeds}"] if args.seeds > 1 and "ours" in impls else [])
-  failed = [(r["config"], i) for r in results for i in wanted if not r.get(i)]
   skipped = [(r["config"], i) for r in results for i in r["skipped"]]
+  failed = [(r["config"], i) for r in results for i in wanted if not r.get(i)]
   failed = [m for m in failed if m not in skipped]
-  missing = failed + skipped
-  if missing:  # incomplete results: a non-zero exit either way
+  if failed or skipped:  # incomplete results: a non-zero exit either way
     raise SystemExit(f"failed: {failed}; skipped (--until budget): {skipped}")
 
 
