@@ -27,17 +27,11 @@ CPU as n devices, and data parallelism gives each core its own share of the
 batch and its own recurrent loop. Results then differ from one device's in
 float rounding (the gradient is summed in parts, and some matmuls keep a
 3-D layout, see ``fused.project_steps``), as on any device count.
-
-Host memory: ``keep_freed_host_memory`` stops glibc from handing large freed
-buffers back to the OS, which on the CPU backend otherwise costs a page
-fault per 4 KiB of every large intermediate at every step.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 from typing import Any
 
 import jax
@@ -47,38 +41,6 @@ from jax.sharding import PartitionSpec as P
 
 AXIS = "devices"
 MODES = ("data", "runs")
-
-
-#: glibc ``mallopt`` parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: Set to 1 to leave the C allocator alone.
-NO_MALLOPT_ENV = "LSTMDROP_NO_MALLOPT"
-
-
-def keep_freed_host_memory() -> bool:
-  """Makes glibc reuse large freed blocks instead of returning them to the OS.
-
-  XLA's CPU backend allocates every large intermediate (the scan's stacked
-  outputs, activations, gradients) afresh at each step. glibc serves blocks
-  above its mmap threshold with a new ``mmap`` and unmaps them when freed, so
-  each step page-faults all of that memory in again. Raising the mmap and
-  trim thresholds keeps freed memory in the heap for the next step: on a
-  2-core CPU, 15-30% off the benchmark's training steps, with bit-identical
-  results (docs/PERFORMANCE.md). The cost is that the process keeps its peak
-  heap size. Equivalent to starting Python with
-  ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set.
-
-  Process-wide; the training CLI and the experiment scripts call it. Does
-  nothing (returns False) off glibc, or when ``LSTMDROP_NO_MALLOPT=1``.
-  """
-  if os.environ.get(NO_MALLOPT_ENV) == "1" or not sys.platform.startswith("linux"):
-    return False
-  try:
-    mallopt = ctypes.CDLL(None).mallopt
-  except (OSError, AttributeError):  # not glibc (e.g. musl)
-    return False
-  big = 1 << 30
-  return bool(mallopt(_M_MMAP_THRESHOLD, big)) and bool(mallopt(_M_TRIM_THRESHOLD, big))
 
 
 def use_cpu_devices(n: int | None) -> None:
