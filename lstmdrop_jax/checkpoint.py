@@ -1,107 +1,27 @@
-"""Run folders and checkpoints (Orbax ``CheckpointManager``).
+"""Checkpoints of a run: the last ``keep`` and the best, with Orbax.
 
-A run folder holds::
+A run folder (``run_folder.py``) keeps them under ``checkpoints/``::
 
-  config.json     the run's configuration (written once; guards reuse)
-  metrics.jsonl   one JSON object per log event
   checkpoints/
     last/<epoch>/ the last ``keep`` checkpoints
     best/<epoch>/ the checkpoint with the best validation score
-  summary.json    written when the run ends
 
 Each checkpoint holds the train state (an arbitrary pytree) and a small JSON
-``meta`` dict (epoch, best score so far, early-stopping counters, elapsed
-time), so a resumed run continues with exactly the bookkeeping it had.
-Orbax writes every checkpoint to a temporary folder and renames it when
-complete, so a run killed at any moment leaves only whole checkpoints;
-``config.json`` and ``summary.json`` are written the same way (temporary
-file, then ``os.replace``). Nothing here knows about models.
+``meta`` dict (epoch, best score so far, elapsed time), so a resumed run
+continues with exactly the bookkeeping it had. Orbax writes every
+checkpoint to a temporary folder and renames it when complete, so a run
+killed at any moment leaves only whole checkpoints. Nothing here knows about
+models.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-  """Writes ``obj`` as JSON so that ``path`` is always either old or new."""
-  path = Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-
-
-def check_workdir(workdir: str | os.PathLike) -> Path:
-  """Raises ``ValueError`` when ``workdir`` cannot be a run folder."""
-  path = Path(workdir)
-  if path.exists() and not path.is_dir():
-    raise ValueError(f"workdir {str(path)!r} exists and is not a folder; pick another --workdir")
-  for parent in path.parents:
-    if parent.exists():
-      if not parent.is_dir():
-        raise ValueError(f"workdir {str(path)!r}: {str(parent)!r} is a file, not a folder")
-      break
-  return path
-
-
-def prepare_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> Path:
-  """Creates the run folder, or checks that it belongs to ``config``.
-
-  Returns:
-    The folder's path.
-
-  Raises:
-    ValueError: the folder holds a run with another configuration (the
-      message lists the differing fields), or ``workdir`` is a file.
-  """
-  path = check_workdir(workdir)
-  cfg_path = path / "config.json"
-  if cfg_path.exists():
-    old = json.loads(cfg_path.read_text())
-    if old != config:
-      diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-      details = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
-      raise ValueError(
-        f"{str(path)!r} holds a run with a different config ({details}); re-run with the "
-        "same config to resume it, or choose a new --workdir"
-      )
-    return path
-  if path.exists() and any(p.name != "config.json" for p in path.iterdir()):
-    raise ValueError(
-      f"{str(path)!r} is not empty and holds no config.json; it is not a run folder of "
-      "this project. Choose a new --workdir"
-    )
-  path.mkdir(parents=True, exist_ok=True)
-  write_json_atomic(cfg_path, config)
-  return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-  """The records of a JSONL file, skipping a torn last line."""
-  if not path.exists():
-    return []
-  records = []
-  for line in path.read_text().splitlines():
-    try:
-      records.append(json.loads(line))
-    except json.JSONDecodeError:
-      continue  # a line cut by a kill mid-write
-  return records
 
 
 class RunCheckpoints:

@@ -1,4 +1,4 @@
-"""A training run's configuration: ``Config``, and the model it describes.
+"""A training run's configuration: ``Config``.
 
 Every field is a command-line flag of ``python -m lstmdrop_jax.train`` (the
 docstrings under the fields are the ``--help`` texts). ``config.json`` in a
@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
-import jax.numpy as jnp
-
 from lstmdrop_jax.dropout import RATE_FIELDS, DropoutConfig
-from lstmdrop_jax.models import LanguageModel, SequenceClassifier
-
-
-def is_language_model(dataset: str) -> bool:
-  return dataset == "ptb"
+from lstmdrop_jax.tasks import task_type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,9 +23,11 @@ class Config:
   # Data.
   dataset: str = "GunPoint"
   """'synthetic', a UCR/UEA name (GunPoint, BasicMotions, ArrowHead, ItalyPowerDemand,
-  JapaneseVowels, or any name aeon knows, with data_dir), or 'ptb' (with data_dir)."""
+  JapaneseVowels, or any name aeon knows, with data_dir); or a word-level corpus for
+  language modelling: 'ptb' (md5-checked) or 'text' (any corpus), with data_dir."""
   data_dir: str | None = None
-  """Folder of the data files (PTB's ptb.*.txt; UCR .ts files not bundled with aeon)."""
+  """Folder of the data files: PTB's ptb.{train,valid,test}.txt, a text corpus's
+  {train,valid,test}.txt, or UCR .ts files not bundled with aeon."""
   val_fraction: float = 0.3
   """Fraction of the official training split held out for validation (classification)."""
 
@@ -88,14 +85,8 @@ class Config:
 
   def validate(self) -> None:
     """Raises ``ValueError`` naming the first bad field and what to do."""
-    if self.dataset != "ptb":
-      from lstmdrop_jax.data import check_dataset_name
-
-      check_dataset_name(self.dataset, self.data_dir)
-    elif self.data_dir is None:
-      raise ValueError(
-        "dataset 'ptb' needs --data-dir, the folder holding ptb.{train,valid,test}.txt"
-      )
+    if not isinstance(self.dataset, str):
+      raise ValueError(f"dataset must be a name, got {self.dataset!r}")
     positive = (
       "hidden layers num_steps batch_size epochs eval_every eval_batch_size "
       "checkpoint_every keep_checkpoints"
@@ -126,10 +117,7 @@ class Config:
     if not isinstance(self.dropout, DropoutConfig):
       raise ValueError(f"dropout must be a DropoutConfig, got {type(self.dropout).__name__}")
     DropoutConfig(**self.to_dict()["dropout"])  # re-checks the rates
-    if self.dataset != "ptb" and float(self.dropout.embedding) != 0.0:
-      raise ValueError("dropout.embedding applies to language models (dataset 'ptb') only")
-    if self.dataset == "ptb" and self.mc_samples:
-      raise ValueError("mc_samples is implemented for classifiers only")
+    task_type(self.dataset).check_config(self)  # the dataset, and what its task allows
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready dict (``config.json``)."""
@@ -151,25 +139,15 @@ class Config:
 PER_RUN_FIELDS = ("seed", "dropout")
 
 
-def build_model(config: Config, num_classes: int | None = None, vocab_size: int | None = None):
-  """The model a config describes (``SequenceClassifier`` or ``LanguageModel``)."""
-  common = dict(
-    hidden=config.hidden,
-    layers=config.layers,
-    dropout=config.dropout,
-    unroll=config.unroll,
-    compute_dtype=jnp.dtype(config.compute_dtype),
-  )
-  if is_language_model(config.dataset):
-    return LanguageModel(
-      vocab_size=vocab_size,
-      init_scale=config.init_scale,
-      tie_weights=config.tie_weights,
-      forget_bias=0.0 if config.forget_bias is None else config.forget_bias,
-      **common,
-    )
-  return SequenceClassifier(
-    num_classes=num_classes,
-    forget_bias=1.0 if config.forget_bias is None else config.forget_bias,
-    **common,
-  )
+def check_stackable(configs: Sequence[Config]) -> None:
+  """Raises ``ValueError`` unless the configs differ only in ``PER_RUN_FIELDS``."""
+  ref = configs[0].to_dict()
+  for c in configs[1:]:
+    d = c.to_dict()
+    diff = [k for k in ref if k not in PER_RUN_FIELDS and ref[k] != d[k]]
+    if ref["dropout"]["time_locked"] != d["dropout"]["time_locked"]:
+      diff.append("dropout.time_locked")
+    if diff:
+      raise ValueError(
+        f"runs trained together may differ only in seed and dropout rates; these differ: {diff}"
+      )

@@ -18,6 +18,7 @@ plus ``'lengths': [B]`` for variable-length data; a language-model batch is
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,6 @@ import jax.numpy as jnp
 import optax
 
 from lstmdrop_jax.dropout import DropoutConfig
-from lstmdrop_jax.models import LanguageModel
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -56,13 +56,15 @@ class TrainState:
 
 
 def create_train_state(
-  model: nn.Module, tx: optax.GradientTransformation, key: Array, sample_x: Array
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  key: Array,
+  sample_x: Array,
+  objective: Objective,
 ) -> TrainState:
-  """Initialises parameters from ``key`` and the optimiser state."""
+  """Initialises parameters from ``key``, the optimiser state and the carry."""
   params = model.init(key, sample_x)["params"]
-  carry = None
-  if isinstance(model, LanguageModel):
-    carry = model.initialize_carry(sample_x.shape[0])
+  carry = objective.init_carry(model, sample_x.shape[0])
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
@@ -163,41 +165,88 @@ def lm_metrics(logits_BTV: Array, y_BT: Array, mask_BT: Array | None = None) -> 
   return {"loss_sum": jnp.sum(nll * w), "count": jnp.sum(w)}
 
 
-def _forward(model, params, state, batch, *, train, key=None, carry=None):
-  """Logits and (for language models) the new carry."""
-  m = model.clone(dropout=state.dropout)
-  rngs = None if key is None else {"dropout": key}
-  if isinstance(model, LanguageModel):
-    return m.apply({"params": params}, batch["x"], carry=carry, train=train, rngs=rngs)
-  logits = m.apply(
-    {"params": params}, batch["x"], lengths=batch.get("lengths"), train=train, rngs=rngs
-  )
+# --- objectives: how a model is called on a batch and scored ----------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """How a kind of model is called on a batch and scored.
+
+  The steps below are written once against this; ``tasks.py`` picks the
+  objective of each task.
+
+  Attributes:
+    name: for messages.
+    apply: ``apply(model, variables, batch, carry, train, rngs) -> (logits, carry)``;
+      the carry is None for models without state across batches.
+    metrics: ``metrics(logits, batch) -> Metrics``, sums (``loss_sum``,
+      ``count``, ...).
+    loss: ``loss(metrics, batch)``: the scalar the optimiser minimises.
+    init_carry: ``init_carry(model, batch_size)``: the state carried across
+      batches at the start of an epoch (None: no state).
+  """
+
+  name: str
+  apply: Callable[..., tuple[Array, Any]]
+  metrics: Callable[[Array, Batch], Metrics]
+  loss: Callable[[Metrics, Batch], Array]
+  init_carry: Callable[[nn.Module, int], Any]
+
+
+def _apply_classifier(model, variables, batch, carry, train, rngs):
+  logits = model.apply(variables, batch["x"], lengths=batch.get("lengths"), train=train, rngs=rngs)
   return logits, None
 
 
+def _apply_language_model(model, variables, batch, carry, train, rngs):
+  return model.apply(variables, batch["x"], carry=carry, train=train, rngs=rngs)
+
+
+#: ``SequenceClassifier``: batches ``{'x', 'y', 'mask'[, 'lengths']}``; the
+#: loss is the mean over the batch's valid examples.
+CLASSIFIER = Objective(
+  name="classifier",
+  apply=_apply_classifier,
+  metrics=lambda logits, batch: classification_metrics(logits, batch["y"], batch["mask"]),
+  loss=lambda m, batch: m["loss_sum"] / jnp.maximum(m["count"], 1.0),
+  init_carry=lambda model, batch_size: None,
+)
+
+#: ``LanguageModel``: batches ``{'x', 'y'[, 'mask']}`` of token ids. The loss
+#: is Zaremba et al.'s: the sum over the unrolled steps of the batch-mean NLL
+#: (so their learning rate and clipping threshold apply unchanged).
+LANGUAGE_MODEL = Objective(
+  name="language model",
+  apply=_apply_language_model,
+  metrics=lambda logits, batch: lm_metrics(logits, batch["y"], batch.get("mask")),
+  loss=lambda m, batch: m["loss_sum"] / batch["y"].shape[0],
+  init_carry=lambda model, batch_size: model.initialize_carry(batch_size),
+)
+
+
+def _forward(model, objective, params, state, batch, *, train, key=None, carry=None):
+  """Logits and the new carry, with the run's dropout rates from the state."""
+  m = model.clone(dropout=state.dropout)
+  rngs = None if key is None else {"dropout": key}
+  return objective.apply(m, {"params": params}, batch, carry, train, rngs)
+
+
 def make_train_step(
-  model: nn.Module, tx: optax.GradientTransformation
+  model: nn.Module, tx: optax.GradientTransformation, objective: Objective
 ) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
   """Builds the pure ``train_step(state, batch, key) -> (state, metrics)``.
 
   ``key`` is the run's dropout key; the step's key is ``fold_in(key,
-  state.step)``. The classifier's loss is the mean over the batch's valid
-  examples. The language model's loss is Zaremba et al.'s: the sum over the
-  unrolled steps of the batch-mean NLL (so their learning rate and clipping
-  threshold apply unchanged). The step is not jitted here: jit it (with
-  ``donate_argnums=0``), vmap it, or scan it over an epoch.
+  state.step)``. The loss is ``objective.loss``. The step is not jitted here:
+  jit it (with ``donate_argnums=0``), vmap it, or scan it over an epoch.
   """
-  is_lm = isinstance(model, LanguageModel)
 
   def loss_fn(params, state, batch, key):
-    logits, carry = _forward(model, params, state, batch, train=True, key=key, carry=state.carry)
-    if is_lm:
-      m = lm_metrics(logits, batch["y"])
-      loss = m["loss_sum"] / batch["y"].shape[0]
-    else:
-      m = classification_metrics(logits, batch["y"], batch["mask"])
-      loss = m["loss_sum"] / jnp.maximum(m["count"], 1.0)
-    return loss, (m, carry)
+    logits, carry = _forward(
+      model, objective, params, state, batch, train=True, key=key, carry=state.carry
+    )
+    m = objective.metrics(logits, batch)
+    return objective.loss(m, batch), (m, carry)
 
   def train_step(state: TrainState, batch: Batch, key: Array):
     step_key = jax.random.fold_in(key, state.step)
@@ -209,49 +258,112 @@ def make_train_step(
       step=state.step + 1,
       params=params,
       opt_state=opt_state,
-      carry=jax.lax.stop_gradient(carry) if is_lm else None,
+      carry=jax.lax.stop_gradient(carry),
     )
     return new_state, metrics
 
   return train_step
 
 
-def make_eval_step(model: nn.Module) -> Callable[..., Any]:
-  """Builds ``eval_step(state, batch) -> metrics`` (classifier) or
-  ``eval_step(state, batch, carry) -> (metrics, carry)`` (language model);
-  no dropout."""
-  if isinstance(model, LanguageModel):
+def make_eval_step(
+  model: nn.Module, objective: Objective
+) -> Callable[[TrainState, Batch, Any], tuple[Metrics, Any]]:
+  """Builds ``eval_step(state, batch, carry=None) -> (metrics, carry)``, no dropout.
 
-    def lm_eval_step(state: TrainState, batch: Batch, carry):
-      logits, carry = _forward(model, state.params, state, batch, train=False, carry=carry)
-      return lm_metrics(logits, batch["y"], batch.get("mask")), carry
+  ``carry`` continues a language model's streams from the previous batch
+  (None for classifiers, or zeros to start).
+  """
 
-    return lm_eval_step
-
-  def eval_step(state: TrainState, batch: Batch) -> Metrics:
-    logits, _ = _forward(model, state.params, state, batch, train=False)
-    return classification_metrics(logits, batch["y"], batch["mask"])
+  def eval_step(state: TrainState, batch: Batch, carry: Any = None) -> tuple[Metrics, Any]:
+    logits, carry = _forward(model, objective, state.params, state, batch, train=False, carry=carry)
+    return objective.metrics(logits, batch), carry
 
   return eval_step
+
+
+def make_train_epoch(
+  model: nn.Module, tx: optax.GradientTransformation, objective: Objective
+) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
+  """Builds ``train_epoch(state, batches, key) -> (state, metrics)``.
+
+  One compiled call per epoch: ``train_step`` scanned over the leading axis of
+  ``batches`` (``[steps, B, ...]``), starting from a zero carry (a language
+  model's hidden state is reset at the start of each epoch). The metrics are
+  summed over the steps, plus ``finite``: whether the loss and the new
+  parameters are finite.
+  """
+
+  def train_epoch(state: TrainState, batches: Batch, key: Array):
+    step = make_train_step(model, tx, objective)
+    state = state.replace(carry=jax.tree.map(jnp.zeros_like, state.carry))
+    new, per_step = jax.lax.scan(lambda s, b: step(s, b, key), state, batches)
+    metrics = jax.tree.map(lambda a: jnp.sum(a, 0), per_step)
+    finite_params = jnp.isfinite(optax.tree.norm(new.params))
+    metrics["finite"] = finite_params & jnp.isfinite(metrics["loss_sum"])
+    return new, metrics
+
+  return train_epoch
+
+
+def make_evaluate(model: nn.Module, objective: Objective) -> Callable[[TrainState, Batch], Metrics]:
+  """Builds ``evaluate(state, batches) -> metrics`` over a whole split in one call.
+
+  ``eval_step`` scanned over ``[n, B, ...]`` batches, the metrics summed; a
+  language model's carry runs on from batch to batch, starting from zeros.
+  """
+  eval_step = make_eval_step(model, objective)
+
+  def evaluate(state: TrainState, batches: Batch) -> Metrics:
+    first = jax.tree.map(lambda a: a[0], batches)
+    carry0 = objective.init_carry(model, first["x"].shape[0])
+    shapes = jax.eval_shape(lambda s, b: eval_step(s, b, carry0)[0], state, first)
+
+    def body(acc, batch):
+      carry, total = acc
+      m, carry = eval_step(state, batch, carry)
+      return (carry, add_metrics(total, m)), None
+
+    zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    (_, total), _ = jax.lax.scan(body, (carry0, zero), batches)
+    return total
+
+  return evaluate
+
+
+def _check_mc(model: nn.Module, samples: int) -> None:
+  if getattr(model, "num_classes", None) is None:
+    raise ValueError("Monte-Carlo evaluation is implemented for classifiers only")
+  if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+    raise ValueError(f"Monte-Carlo samples must be an int >= 1, got {samples!r}")
+
+
+def mc_probabilities(
+  model: nn.Module, state: TrainState, batch: Batch, key: Array, samples: int
+) -> Array:
+  """Class probabilities of ``samples`` stochastic passes (dropout on), ``[S, B(, K)]``.
+
+  ``[S, B]`` holds ``P(class 1)`` for a binary classifier (one logit), else
+  ``[S, B, K]`` softmax probabilities. One key per pass, vmapped.
+  """
+  _check_mc(model, samples)
+
+  def probs(k):
+    logits, _ = _forward(model, CLASSIFIER, state.params, state, batch, train=True, key=k)
+    return jax.nn.sigmoid(logits) if logits.ndim == 1 else jax.nn.softmax(logits)
+
+  return jax.vmap(probs)(jax.random.split(key, samples))
 
 
 def make_mc_eval_step(model: nn.Module, samples: int) -> Callable[..., Metrics]:
   """Monte-Carlo dropout: ``mc_eval_step(state, batch, key) -> metrics``.
 
-  Runs ``samples`` stochastic forward passes (dropout on, one key each,
-  vmapped) and scores the mean predicted probability. For classifiers only.
+  Runs ``samples`` stochastic forward passes (``mc_probabilities``) and
+  scores the mean predicted probability. For classifiers only.
   """
-  if isinstance(model, LanguageModel):
-    raise ValueError("Monte-Carlo evaluation is implemented for classifiers only")
-  if samples < 1:
-    raise ValueError(f"Monte-Carlo samples must be >= 1, got {samples}")
+  _check_mc(model, samples)
 
   def mc_eval_step(state: TrainState, batch: Batch, key: Array) -> Metrics:
-    def probs(k):
-      logits, _ = _forward(model, state.params, state, batch, train=True, key=k)
-      return jax.nn.sigmoid(logits) if logits.ndim == 1 else jax.nn.softmax(logits)
-
-    p = jnp.mean(jax.vmap(probs)(jax.random.split(key, samples)), axis=0)
+    p = jnp.mean(mc_probabilities(model, state, batch, key, samples), axis=0)
     y, w = batch["y"], batch["mask"].astype(jnp.float32)
     eps = 1e-7
     if p.ndim == 1:

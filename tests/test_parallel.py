@@ -18,8 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from lstmdrop_jax.checkpoint import RunCheckpoints, read_jsonl
+from lstmdrop_jax.checkpoint import RunCheckpoints
 from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax.run_folder import read_jsonl
 from lstmdrop_jax.train import Config, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +136,8 @@ import jax, numpy as np
 from lstmdrop_jax import parallel
 from lstmdrop_jax.checkpoint import RunCheckpoints
 from lstmdrop_jax.train import Config, train_and_evaluate
-applied = parallel.keep_freed_host_memory()
+from lstmdrop_jax.host_memory import keep_freed_host_memory
+applied = keep_freed_host_memory()
 train_and_evaluate(Config(dataset="synthetic", hidden=8, epochs=1, batch_size=16), sys.argv[1])
 state, _ = RunCheckpoints(sys.argv[1]).restore()
 sums = [float(np.asarray(p, np.float64).sum()) for p in jax.tree.leaves(state["params"])]

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from lstmdrop_jax import steps
-from lstmdrop_jax.checkpoint import RunCheckpoints, read_jsonl
+from lstmdrop_jax.checkpoint import RunCheckpoints
 from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax.run_folder import read_jsonl
 from lstmdrop_jax.train import Config, main, train_and_evaluate, train_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,8 +119,8 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
   """Fault injection: the step turns the parameters to NaN from epoch 4 on."""
   make = steps.make_train_step
 
-  def poisoned(model, tx):
-    step = make(model, tx)
+  def poisoned(model, tx, objective):
+    step = make(model, tx, objective)
 
     def train_step(state, batch, key):
       state, m = step(state, batch, key)

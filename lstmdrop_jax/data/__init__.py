@@ -11,7 +11,9 @@ Classification (``[N, T, F]`` series, one label each):
 split is split again into train/val by ``seed``; ``train_batches`` and
 ``eval_batches`` turn a ``Split`` into static-shape batches.
 
-Language modelling: ``lstmdrop_jax.data.ptb`` (Penn Treebank).
+Language modelling (``TEXT_DATASETS``): ``"ptb"``, the Penn Treebank with its
+md5 sums checked (``ptb.py``), and ``"text"``, any word-level corpus in the
+same layout (``text.py``); ``load_text(name, data_dir)`` reads either.
 """
 
 from __future__ import annotations
@@ -33,16 +35,22 @@ from lstmdrop_jax.data.batching import (
 BUNDLED = ("GunPoint", "BasicMotions", "ArrowHead", "ItalyPowerDemand", "JapaneseVowels")
 #: Names that always work.
 DATASETS = ("synthetic", *BUNDLED)
+#: Word-level language-modelling corpora (read from data_dir).
+TEXT_DATASETS = ("ptb", "text")
 
 __all__ = [
   "BUNDLED",
   "DATASETS",
+  "TEXT_DATASETS",
   "Dataset",
   "Split",
   "check_dataset_name",
+  "check_text_dataset",
   "epoch_order",
   "eval_batches",
+  "is_text_dataset",
   "load_dataset",
+  "load_text",
   "num_batches",
   "train_batches",
 ]
@@ -117,3 +125,33 @@ def load_dataset(
   from lstmdrop_jax.data.ucr import load_ucr
 
   return load_ucr(name, seed, val_fraction=val_fraction, extract_path=data_dir)
+
+
+def is_text_dataset(name: str) -> bool:
+  """True for the language-modelling datasets (``TEXT_DATASETS``)."""
+  return name in TEXT_DATASETS
+
+
+def check_text_dataset(name: str, data_dir: str | None) -> None:
+  """Raises ``ValueError`` unless ``load_text`` can be given ``name`` and ``data_dir``."""
+  if name not in TEXT_DATASETS:
+    raise ValueError(f"{name!r} is not a text dataset; valid ones are {list(TEXT_DATASETS)}")
+  if data_dir is None:
+    files = "ptb.{train,valid,test}.txt" if name == "ptb" else "{train,valid,test}.txt"
+    raise ValueError(f"dataset {name!r} needs --data-dir, the folder holding {files}")
+
+
+def load_text(name: str, data_dir: str):
+  """Reads a text corpus: ``"ptb"`` (md5-checked) or ``"text"`` (any corpus folder).
+
+  Returns:
+    A ``text.Corpus``.
+  """
+  check_text_dataset(name, data_dir)
+  if name == "ptb":
+    from lstmdrop_jax.data.ptb import load_ptb
+
+    return load_ptb(data_dir)
+  from lstmdrop_jax.data.text import load_corpus
+
+  return load_corpus(data_dir)

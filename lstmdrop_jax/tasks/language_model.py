@@ -1,0 +1,103 @@
+"""Word-level language modelling: truncated BPTT over a text corpus."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from lstmdrop_jax import data as data_lib
+from lstmdrop_jax import steps
+from lstmdrop_jax.data import text
+from lstmdrop_jax.models import LanguageModel
+
+
+class LanguageModelTask:
+  """One corpus's streams for truncated BPTT (the same for every run: no shuffling)."""
+
+  objective = steps.LANGUAGE_MODEL
+  # The test perplexity is reported at the last epoch, as in Zaremba et al.
+  final_only_splits: frozenset[str] = frozenset({"test"})
+  # Evaluation is one stream (batch 1): replicated, not split.
+  eval_splittable = False
+
+  @classmethod
+  def check_config(cls, config: Any) -> None:
+    data_lib.check_text_dataset(config.dataset, config.data_dir)
+    if config.mc_samples:
+      raise ValueError("mc_samples is implemented for classifiers only")
+
+  def __init__(self, configs: Sequence[Any], *, devices: int = 1):
+    del devices  # the evaluation stream is replicated
+    c = configs[0]
+    self.k = len(configs)
+    self.corpus = data_lib.load_text(c.dataset, c.data_dir)
+    self.name = c.dataset
+    self.vocab_size = self.corpus.vocab_size
+    self.config = c
+    train = self.corpus.train if c.train_tokens is None else self.corpus.train[: c.train_tokens]
+    self.train_tokens = len(train)
+    self.steps_per_epoch = text.num_bptt_batches(len(train), c.batch_size, c.num_steps)
+    self.sample_x = np.zeros((c.batch_size, c.num_steps), np.int32)
+    xs, ys = zip(*text.bptt_batches(train, c.batch_size, c.num_steps), strict=True)
+    self._train = {"x": np.stack(xs), "y": np.stack(ys)}
+
+  @classmethod
+  def model_from(cls, config: Any, described: dict[str, Any]) -> LanguageModel:
+    return LanguageModel(
+      vocab_size=described["vocab_size"],
+      hidden=config.hidden,
+      layers=config.layers,
+      dropout=config.dropout,
+      unroll=config.unroll,
+      compute_dtype=jnp.dtype(config.compute_dtype),
+      init_scale=config.init_scale,
+      tie_weights=config.tie_weights,
+      forget_bias=0.0 if config.forget_bias is None else config.forget_bias,
+    )
+
+  def describe(self, k: int) -> dict[str, Any]:
+    tokens = {s: len(getattr(self.corpus, s)) for s in ("valid", "test")}
+    return {
+      "dataset": self.name,
+      "vocab_size": self.vocab_size,
+      "tokens": {"train": self.train_tokens, **tokens},
+    }
+
+  def train_epoch_batches(self, epochs: Sequence[int]) -> dict[str, np.ndarray]:
+    return {n: np.broadcast_to(a, (len(epochs), *a.shape)) for n, a in self._train.items()}
+
+  def eval_batches(self) -> dict[str, dict[str, np.ndarray]]:
+    """One stream (batch 1) per split, as in Zaremba et al.'s test."""
+    out = {}
+    for split, tokens in (("val", self.corpus.valid), ("test", self.corpus.test)):
+      batch = text.eval_stream(tokens, self.config.num_steps)
+      out[split] = {name: np.broadcast_to(a, (self.k, *a.shape)) for name, a in batch.items()}
+    return out
+
+  def train_record(self, m: dict[str, float], config: Any, epoch: int) -> dict[str, Any]:
+    return {
+      "train_ppl": math.exp(min(m["loss_sum"] / m["count"], 700.0)),
+      "grad_norm": m["grad_norm"] / self.steps_per_epoch,
+      "lr": steps.lr_at_epoch(config.learning_rate, epoch, config.lr_decay, config.decay_after),
+    }
+
+  @staticmethod
+  def eval_record(split: str, m: dict[str, float]) -> dict[str, float]:
+    nll = m["loss_sum"] / m["count"]
+    return {f"{split}/loss": nll, f"{split}/ppl": math.exp(min(nll, 700.0))}
+
+  @staticmethod
+  def better(record: dict, best: dict) -> bool:
+    return record["val/loss"] < best["val/loss"]
+
+  @staticmethod
+  def postfix(bests: Sequence[dict | None]) -> str:
+    ppl = [b["val/ppl"] for b in bests if b]
+    return f"best val ppl {min(ppl):.1f}" if ppl else ""
+
+  def mc_evaluate(self, model, state, k: int) -> dict[str, Any]:
+    raise ValueError("mc_samples is implemented for classifiers only")
