@@ -36,21 +36,17 @@ matches no dropout; on univariate GunPoint input dropout >= 0.2 under-fits
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from lstmdrop_jax import parallel as par
 from lstmdrop_jax.dropout import DropoutConfig
-from lstmdrop_jax.parallel import keep_freed_host_memory, use_cpu_devices
-from lstmdrop_jax.report import build_overfit_report
+from lstmdrop_jax.host_memory import keep_freed_host_memory
+from lstmdrop_jax.parallel import use_cpu_devices
+from lstmdrop_jax.report import SETTINGS, build_overfit_report, setting_rates
 from lstmdrop_jax.train import Config, train_runs
-
-PLACEMENTS = ("none", "input", "between", "output", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +58,8 @@ class Args:
   seeds: int = 5
   """Seeds per setting (each seed: initialisation, train/val split, order, masks)."""
   rates: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
-  placements: tuple[str, ...] = PLACEMENTS
+  placements: tuple[str, ...] = SETTINGS
+  """Settings: none, one placement alone, or all three at one rate."""
   hidden: int = 64
   layers: int = 2
   epochs: int = 200
@@ -89,9 +86,9 @@ class Args:
 
 def grid(args: Args) -> list[tuple[str, Config]]:
   """``(run name, config)`` for every placement, rate and seed."""
-  unknown = sorted(set(args.placements) - set(PLACEMENTS))
+  unknown = sorted(set(args.placements) - set(SETTINGS))
   if unknown:
-    raise ValueError(f"unknown placements {unknown}; valid ones are {list(PLACEMENTS)}")
+    raise ValueError(f"unknown placements {unknown}; valid ones are {list(SETTINGS)}")
   base = Config(
     dataset=args.dataset,
     hidden=args.hidden,
@@ -106,12 +103,7 @@ def grid(args: Args) -> list[tuple[str, Config]]:
   settings += [(p, r) for p in args.placements if p != "none" for r in args.rates]
   out = []
   for placement, rate in settings:
-    if placement == "none":
-      drop = DropoutConfig()
-    elif placement == "all":
-      drop = DropoutConfig(input=rate, between=rate, output=rate)
-    else:
-      drop = DropoutConfig.from_placements({placement: rate})
+    drop = DropoutConfig.from_placements(setting_rates(placement, rate))
     for seed in range(args.seeds):
       name = f"{placement}_{rate:g}/seed_{seed}"
       out.append((name, dataclasses.replace(base, dropout=drop, seed=seed)))

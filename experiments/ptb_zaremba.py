@@ -28,16 +28,13 @@ Outputs go to ``results/ptb/``: ``runs/<name>/`` run folders (resumable),
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lstmdrop_jax.checkpoint import read_jsonl
+from lstmdrop_jax import tables
 from lstmdrop_jax.dropout import DropoutConfig
-from lstmdrop_jax.parallel import keep_freed_host_memory
+from lstmdrop_jax.host_memory import keep_freed_host_memory
+from lstmdrop_jax.run_folder import read_jsonl
 from lstmdrop_jax.train import Config, train_and_evaluate
 
 # Paper's Table 1 (validation, test perplexity); Gal & Ghahramani (2016) for
@@ -132,17 +129,10 @@ def _row(name: str, summary: dict, cfg: Config, records: list[dict]) -> dict:
 
 
 def write_table(rows: list[dict], out: Path, stem: str) -> Path:
-  out.mkdir(parents=True, exist_ok=True)
-  cols = list(rows[0])
-  fmt = lambda v: "n/a" if v is None else str(v)
-  md = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-  md += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
-  (out / f"{stem}.md").write_text("\n".join(md) + "\n")
-  with open(out / f"{stem}.csv", "w", newline="") as f:
-    w = csv.DictWriter(f, cols)
-    w.writeheader()
-    w.writerows(rows)
-  return out / f"{stem}.md"
+  """``{stem}.md`` and ``{stem}.csv`` under ``out``; returns the Markdown table's path."""
+  header = list(rows[0])
+  cells = [[r[c] for c in header] for r in rows]
+  return tables.write_tables(out, stem, header, cells, formats=("md", "csv"))["md"]
 
 
 def run(name: str, cfg: Config, out: Path) -> dict:

@@ -13,7 +13,6 @@ Command line (the over-fitting study's report from its run folders)::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 from collections import defaultdict
@@ -23,9 +22,22 @@ from typing import Any
 
 import numpy as np
 
-from lstmdrop_jax.checkpoint import read_jsonl
+from lstmdrop_jax import tables
+from lstmdrop_jax.dropout import PLACEMENTS
+from lstmdrop_jax.run_folder import read_jsonl
 
-PLACEMENT_ORDER = ("none", "input", "between", "output", "all")
+#: The settings of the over-fitting grid, in table order: no dropout, one
+#: placement alone, or all three placements at one rate.
+SETTINGS = ("none", *PLACEMENTS, "all")
+
+
+def setting_rates(setting: str, rate: float) -> dict[str, float]:
+  """``{placement: rate}`` of a grid setting (the inverse of ``placement_of``)."""
+  if setting not in SETTINGS:
+    raise ValueError(f"unknown setting {setting!r}; valid ones are {list(SETTINGS)}")
+  if setting == "none":
+    return {}
+  return dict.fromkeys(PLACEMENTS if setting == "all" else (setting,), rate)
 
 
 def load_runs(root: str | Path) -> list[dict[str, Any]]:
@@ -52,7 +64,7 @@ def placement_of(config: dict[str, Any]) -> tuple[str, float]:
   """``(placement, rate)`` of a config: 'none', one of input/between/output, 'all'
   (the three at one rate), or 'custom'."""
   d = config["dropout"]
-  rates = {p: d[p] for p in ("input", "between", "output")}
+  rates = {p: d[p] for p in PLACEMENTS}
   extra = any(d.get(k, 0.0) for k in ("recurrent", "weight", "embedding"))
   on = {p: r for p, r in rates.items() if r}
   if extra:
@@ -105,7 +117,7 @@ def overfit_rows(runs: Sequence[dict]) -> list[dict[str, Any]]:
       continue
     groups[placement_of(r["config"])].append(s)
   rows = []
-  order = {p: i for i, p in enumerate((*PLACEMENT_ORDER, "custom"))}
+  order = {p: i for i, p in enumerate((*SETTINGS, "custom"))}
   for (placement, rate), summaries in sorted(
     groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])
   ):
@@ -116,59 +128,39 @@ def overfit_rows(runs: Sequence[dict]) -> list[dict[str, Any]]:
   return rows
 
 
-def write_tables(
+def write_overfit_tables(
   rows: Sequence[dict], out_dir: str | Path, stem: str, caption: str = ""
-) -> list[Path]:
-  """Writes ``{stem}.md``, ``{stem}.csv`` and ``{stem}.tex``; returns their paths."""
-  out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  metrics = [(n, label) for n, _, label in OVERFIT_METRICS]
+) -> dict[str, Path]:
+  """Writes ``{stem}.md``, ``{stem}.csv`` and ``{stem}.tex``; returns their paths.
 
+  Display cells are ``mean ± std`` with the gap's 95% interval; the CSV holds
+  each metric's mean, std and interval ends.
+  """
+  metrics = [(n, label) for n, _, label in OVERFIT_METRICS]
   fmt = lambda m: f"{m['mean']:.3f} ± {m['std']:.3f}"
   ci = lambda m: f"[{m['lo']:.3f}, {m['hi']:.3f}]" if m["n"] > 1 else "n/a"
-  md = [
-    "| placement | rate | seeds | " + " | ".join(label for _, label in metrics) + " | gap 95% CI |"
+  header = ["placement", "rate", "seeds", *(label for _, label in metrics), "gap 95% CI"]
+  display = [
+    [
+      r["placement"],
+      f"{r['rate']:g}",
+      str(r["seeds"]),
+      *(fmt(r[n]) for n, _ in metrics),
+      ci(r["gap"]),
+    ]
+    for r in rows
   ]
-  md.append("|" + " --- |" * (len(metrics) + 4))
-  for r in rows:
-    cells = [r["placement"], f"{r['rate']:g}", str(r["seeds"])]
-    cells += [fmt(r[n]) for n, _ in metrics] + [ci(r["gap"])]
-    md.append("| " + " | ".join(cells) + " |")
-  paths = [out / f"{stem}.md", out / f"{stem}.csv", out / f"{stem}.tex"]
-  paths[0].write_text((f"{caption}\n\n" if caption else "") + "\n".join(md) + "\n")
-
-  with open(paths[1], "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(
-      ["placement", "rate", "seeds"]
-      + [f"{n}_{s}" for n, _ in metrics for s in ("mean", "std", "ci_lo", "ci_hi")]
-    )
-    for r in rows:
-      w.writerow(
-        [r["placement"], r["rate"], r["seeds"]]
-        + [f"{r[n][s]:.6g}" for n, _ in metrics for s in ("mean", "std", "lo", "hi")]
-      )
-
-  tex = [
-    "\\begin{table}[t]",
-    "\\centering",
-    "\\begin{tabular}{ll" + "c" * (len(metrics) + 1) + "}",
-    "\\toprule",
-    "placement & rate & seeds & "
-    + " & ".join(label.replace("_", "\\_") for _, label in metrics)
-    + " \\\\",
-    "\\midrule",
+  stats_ = ("mean", "std", "lo", "hi")
+  csv_header = ["placement", "rate", "seeds"] + [
+    f"{n}_{s}" for n, _ in metrics for s in ("mean", "std", "ci_lo", "ci_hi")
   ]
-  for r in rows:
-    cells = [r["placement"], f"{r['rate']:g}", str(r["seeds"])]
-    cells += [f"${r[n]['mean']:.3f} \\pm {r[n]['std']:.3f}$" for n, _ in metrics]
-    tex.append(" & ".join(cells) + " \\\\")
-  tex += ["\\bottomrule", "\\end{tabular}"]
-  if caption:
-    tex.append(f"\\caption{{{caption}}}")
-  tex.append("\\end{table}")
-  paths[2].write_text("\n".join(tex) + "\n")
-  return paths
+  csv_rows = [
+    [r["placement"], r["rate"], r["seeds"]] + [f"{r[n][s]:.6g}" for n, _ in metrics for s in stats_]
+    for r in rows
+  ]
+  return tables.write_tables(
+    out_dir, stem, header, display, caption=caption, csv_header=csv_header, csv_rows=csv_rows
+  )
 
 
 def _curves(runs: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +201,7 @@ def plot_curves(runs: Sequence[dict], path: str | Path, title: str = "") -> Path
     if r["summary"] is not None and r["summary"].get("status") != "diverged":
       p, rate = placement_of(r["config"])
       groups[p][rate].append(r)
-  panels = [p for p in PLACEMENT_ORDER if p in groups and p != "none"] or ["none"]
+  panels = [p for p in SETTINGS if p in groups and p != "none"] or ["none"]
   fig, axes = plt.subplots(
     1, len(panels), figsize=(4 * len(panels), 3.4), sharey=True, squeeze=False
   )
@@ -250,7 +242,7 @@ def plot_gap(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
       ax.axhline(g["mean"], color="black", ls="--", lw=1, label="none")
       if g["n"] > 1:
         ax.axhspan(g["lo"], g["hi"], color="black", alpha=0.08)
-  for p in PLACEMENT_ORDER[1:]:
+  for p in SETTINGS[1:]:
     sel = [r for r in rows if r["placement"] == p]
     if not sel:
       continue
@@ -279,11 +271,8 @@ def build_overfit_report(
   if not rows:
     raise ValueError(f"none of the {len(runs)} runs under {str(runs_dir)!r} has finished")
   out = Path(out_dir)
-  tables = write_tables(rows, out, "overfit", caption=title)
   return {
-    "md": tables[0],
-    "csv": tables[1],
-    "tex": tables[2],
+    **write_overfit_tables(rows, out, "overfit", caption=title),
     "curves": plot_curves(runs, out / "curves.png", title),
     "gap": plot_gap(rows, out / "gap.png", title),
   }
