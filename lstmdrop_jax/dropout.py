@@ -149,11 +149,6 @@ class DropoutConfig:
   def is_time_locked(self, placement: str) -> bool:
     return placement in self.time_locked
 
-  @property
-  def any_on(self) -> bool:
-    """False only when every rate is a concrete zero."""
-    return not all(is_off(getattr(self, name)) for name in RATE_FIELDS)
-
   def replace(self, **changes) -> DropoutConfig:
     return dataclasses.replace(self, **changes)
 

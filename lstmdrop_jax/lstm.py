@@ -28,6 +28,7 @@ carry is a tuple over layers of ``(h, c)`` pairs, each ``[B, H]`` float32.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,18 +77,8 @@ class _ScanCell(nn.Module):
     return (h, c), y
 
 
-class LSTMLayer(nn.Module):
-  """One LSTM layer over a time-major sequence (used by ``LSTMStack``).
-
-  Attributes:
-    hidden: units H.
-    unroll: time steps per scan iteration; None picks ``default_unroll()``.
-    compute_dtype: dtype of the matmul operands (float32 or bfloat16).
-    impl: ``"fused"`` (hand-written backward pass, the default) or ``"scan"``
-      (``nn.scan`` differentiated by autodiff); the same function.
-    kernel_init, recurrent_init, bias_init: initializers; ``forget_bias`` is
-      added to the f-block of the bias at initialisation.
-  """
+class _LayerSettings(nn.Module, kw_only=True):
+  """The settings a stack shares with each of its layers (keyword-only)."""
 
   hidden: int
   unroll: int | None = None
@@ -97,6 +88,24 @@ class LSTMLayer(nn.Module):
   recurrent_init: Initializer = nn.initializers.orthogonal()
   bias_init: Initializer = nn.initializers.zeros_init()
   forget_bias: float = 1.0
+
+  def layer_settings(self) -> dict[str, Any]:
+    """These settings as keyword arguments of ``LSTMLayer``."""
+    return {f.name: getattr(self, f.name) for f in _LAYER_FIELDS}
+
+
+class LSTMLayer(_LayerSettings, kw_only=True):
+  """One LSTM layer over a time-major sequence (used by ``LSTMStack``).
+
+  Attributes (keyword-only):
+    hidden: units H.
+    unroll: time steps per scan iteration; None picks ``default_unroll()``.
+    compute_dtype: dtype of the matmul operands (float32 or bfloat16).
+    impl: ``"fused"`` (hand-written backward pass, the default) or ``"scan"``
+      (``nn.scan`` differentiated by autodiff); the same function.
+    kernel_init, recurrent_init, bias_init: initializers; ``forget_bias`` is
+      added to the f-block of the bias at initialisation.
+  """
 
   @nn.compact
   def __call__(
@@ -152,7 +161,7 @@ class LSTMLayer(nn.Module):
     )
 
 
-class LSTMStack(nn.Module):
+class LSTMStack(_LayerSettings, kw_only=True):
   """A stack of LSTM layers with dropout at the input, between layers and output.
 
   Call signature: ``y, carry = stack(x_BTF, lengths=None, carry=None,
@@ -177,7 +186,7 @@ class LSTMStack(nn.Module):
     ``(y, carry)``: outputs (float32, after the output placement's dropout)
     and the final carry. ``train=False`` applies no dropout at all.
 
-  Attributes:
+  Attributes (keyword-only):
     hidden: units per layer H (> 0).
     layers: number of layers (>= 1).
     dropout: a ``DropoutConfig``; ``embedding`` is ignored here.
@@ -188,16 +197,8 @@ class LSTMStack(nn.Module):
     kernel_init, recurrent_init, bias_init, forget_bias: initialisation.
   """
 
-  hidden: int
   layers: int = 1
   dropout: DropoutConfig = DropoutConfig()
-  unroll: int | None = None
-  compute_dtype: Any = jnp.float32
-  impl: str = "fused"
-  kernel_init: Initializer = nn.initializers.lecun_normal()
-  recurrent_init: Initializer = nn.initializers.orthogonal()
-  bias_init: Initializer = nn.initializers.zeros_init()
-  forget_bias: float = 1.0
 
   def __post_init__(self):
     check_stack_args(self.hidden, self.layers, self.unroll, self.dropout, self.compute_dtype)
@@ -266,17 +267,7 @@ class LSTMStack(nn.Module):
         weight_keep_HG = dr.keep_mask(
           dr.mask_key(key, "weight", layer), cfg.weight, (self.hidden, 4 * self.hidden)
         )
-      layer_carry, x_TBF = LSTMLayer(
-        hidden=self.hidden,
-        unroll=self.unroll,
-        compute_dtype=self.compute_dtype,
-        impl=self.impl,
-        kernel_init=self.kernel_init,
-        recurrent_init=self.recurrent_init,
-        bias_init=self.bias_init,
-        forget_bias=self.forget_bias,
-        name=f"layer_{layer}",
-      )(
+      layer_carry, x_TBF = LSTMLayer(**self.layer_settings(), name=f"layer_{layer}")(
         x_TBF,
         carry[layer],
         valid_TB=valid_TB,
@@ -297,6 +288,10 @@ class LSTMStack(nn.Module):
       last_BH = dr.apply_mask(last_BH, keep, cfg.output)
     return last_BH, tuple(new_carry)
 
+
+_LAYER_FIELDS = tuple(
+  f for f in dataclasses.fields(_LayerSettings) if f.name not in ("parent", "name")
+)
 
 #: ``"fused"``: a scan with a hand-written backward pass (``fused.py``), the
 #: default; ``"scan"``: ``nn.scan`` over a cell, differentiated by autodiff.

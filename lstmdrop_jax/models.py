@@ -16,7 +16,33 @@ from lstmdrop_jax.lstm import Carry, LSTMStack, symmetric_uniform
 Array = jax.Array
 
 
-class SequenceClassifier(nn.Module):
+class _OnStack(nn.Module, kw_only=True):
+  """The attributes of a model built on one ``LSTMStack`` (keyword-only)."""
+
+  hidden: int = 64
+  layers: int = 1
+  dropout: DropoutConfig = DropoutConfig()
+  unroll: int | None = None
+  compute_dtype: Any = jnp.float32
+  forget_bias: float = 1.0
+  impl: str = "fused"
+
+  def _lstm(self, **inits: Initializer) -> LSTMStack:
+    """The model's stack, named ``lstm`` (``inits``: its initializers, if not the defaults)."""
+    return LSTMStack(
+      hidden=self.hidden,
+      layers=self.layers,
+      dropout=self.dropout,
+      unroll=self.unroll,
+      compute_dtype=self.compute_dtype,
+      forget_bias=self.forget_bias,
+      impl=self.impl,
+      name="lstm",
+      **inits,
+    )
+
+
+class SequenceClassifier(_OnStack, kw_only=True):
   """LSTM stack, dropout on its last output, and a dense head.
 
   The seed's model: ``[Dropout] -> LSTM -> [Dropout] -> LSTM -> [Dropout] ->
@@ -29,20 +55,13 @@ class SequenceClassifier(nn.Module):
   sequence (``lengths - 1``, or ``T - 1`` without lengths). ``train=True``
   applies dropout and needs ``rngs={'dropout': key}``.
 
-  Attributes:
+  Attributes (keyword-only):
     num_classes: 2 for a binary problem (one logit), or K > 2.
     hidden, layers, dropout, unroll, compute_dtype, forget_bias, impl: as in
-      ``LSTMStack``.
+      ``LSTMStack`` (defaults: 64 units, 1 layer, forget bias 1).
   """
 
   num_classes: int = 2
-  hidden: int = 64
-  layers: int = 1
-  dropout: DropoutConfig = DropoutConfig()
-  unroll: int | None = None
-  compute_dtype: Any = jnp.float32
-  forget_bias: float = 1.0
-  impl: str = "fused"
 
   def __post_init__(self):
     if not isinstance(self.num_classes, int) or self.num_classes < 2:
@@ -57,22 +76,13 @@ class SequenceClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTF: Array, *, lengths: Array | None = None, train: bool = False) -> Array:
-    h_BH, _ = LSTMStack(
-      hidden=self.hidden,
-      layers=self.layers,
-      dropout=self.dropout,
-      unroll=self.unroll,
-      compute_dtype=self.compute_dtype,
-      forget_bias=self.forget_bias,
-      impl=self.impl,
-      name="lstm",
-    )(x_BTF, lengths=lengths, train=train, return_sequences=False)
+    h_BH, _ = self._lstm()(x_BTF, lengths=lengths, train=train, return_sequences=False)
     binary = self.num_classes == 2
     logits = nn.Dense(1 if binary else self.num_classes, name="head")(h_BH)
     return logits[:, 0] if binary else logits
 
 
-class LanguageModel(nn.Module):
+class LanguageModel(_OnStack, kw_only=True):
   """Word-level LSTM language model (Zaremba et al., 2014 and successors).
 
   ``logits_BTV, carry = model.apply(variables, tokens_BT, carry=None,
@@ -83,10 +93,11 @@ class LanguageModel(nn.Module):
   words, ``input`` acts on the embeddings, ``between`` between layers and
   ``output`` before the softmax.
 
-  Attributes:
+  Attributes (keyword-only):
     vocab_size: V.
     hidden, layers, dropout, unroll, compute_dtype, forget_bias, impl: as in
-      ``LSTMStack``; ``forget_bias`` defaults to 0 as in Zaremba et al.
+      ``LSTMStack`` (defaults: 200 units, 2 layers, forget bias 0 as in
+      Zaremba et al.).
     embed_dim: embedding size (defaults to ``hidden``).
     tie_weights: use the embedding matrix as the softmax weights (needs
       ``embed_dim == hidden``).
@@ -97,14 +108,10 @@ class LanguageModel(nn.Module):
   vocab_size: int
   hidden: int = 200
   layers: int = 2
-  dropout: DropoutConfig = DropoutConfig()
+  forget_bias: float = 0.0
   embed_dim: int | None = None
   tie_weights: bool = False
   init_scale: float | None = None
-  unroll: int | None = None
-  compute_dtype: Any = jnp.float32
-  forget_bias: float = 0.0
-  impl: str = "fused"
 
   def __post_init__(self):
     if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
@@ -122,22 +129,11 @@ class LanguageModel(nn.Module):
     u = symmetric_uniform(self.init_scale)
     return {"kernel_init": u, "recurrent_init": u, "bias_init": u}
 
-  def _stack(self) -> LSTMStack:
-    return LSTMStack(
-      hidden=self.hidden,
-      layers=self.layers,
-      dropout=self.dropout,
-      unroll=self.unroll,
-      compute_dtype=self.compute_dtype,
-      forget_bias=self.forget_bias,
-      impl=self.impl,
-      name="lstm",
-      **self._inits(),
-    )
-
   def initialize_carry(self, batch_size: int) -> Carry:
     """Zero carry for ``batch_size`` streams."""
-    stack = LSTMStack(self.hidden, self.layers, compute_dtype=self.compute_dtype, parent=None)
+    stack = LSTMStack(
+      hidden=self.hidden, layers=self.layers, compute_dtype=self.compute_dtype, parent=None
+    )
     return stack.initialize_carry(batch_size)
 
   @nn.compact
@@ -169,7 +165,7 @@ class LanguageModel(nn.Module):
       keep_V = dr.keep_mask(key, rate, (self.vocab_size,))
       # Whole-word dropout: a word's row is dropped for the whole batch.
       x_BTE = dr.apply_mask(x_BTE, keep_V[tokens_BT][..., None], rate)
-    y_BTH, carry = self._stack()(x_BTE, carry=carry, train=train)
+    y_BTH, carry = self._lstm(**self._inits())(x_BTE, carry=carry, train=train)
     # The softmax layer on the flattened [B*T, H] block: its kernel gradient is
     # then a plain 2-D matmul (on the 3-D block it contracts two dimensions,
     # which XLA's CPU backend runs markedly slower). Batch-major, so a batch

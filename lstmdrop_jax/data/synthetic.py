@@ -31,6 +31,7 @@ The data is unit-scale by construction, so it is not z-normalised.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -131,47 +132,30 @@ def generate_task(
 
 
 def make_synthetic(
-  seed: int,
-  *,
-  val_fraction: float = 0.3,
-  n_pool: int = 100,
-  n_test: int = 500,
-  length: int = 100,
-  features: int = 20,
-  label_noise: float = 0.1,
-  data_seed: int = 0,
+  seed: int, *, val_fraction: float = 0.3, data_seed: int = 0, **task: Any
 ) -> Dataset:
   """The synthetic dataset, its pool split into train/val by ``seed``.
 
   Args:
     seed: picks which pool examples go to validation (not the task itself).
     val_fraction: share of the pool held out for validation, in ``(0, 1)``.
-    n_pool: size of the official train split (train + val).
-    n_test: size of the clean test split.
-    length: ``T``, time steps per series.
-    features: ``F``, channels per step.
-    label_noise: fraction of pool labels flipped, in ``[0, 0.5)``.
     data_seed: generates the task; fixed by default so all runs share it.
+    **task: ``generate_task``'s keywords: ``n_pool`` (the official train
+      split, train + val), ``n_test``, ``length`` (``T``), ``features``
+      (``F``), ``label_noise`` (the fraction of pool labels flipped).
 
   Returns:
     A ``Dataset`` named ``"synthetic"`` with ``classes == ("0", "1")`` and no
     lengths (every series has ``length`` steps).
   """
   val_fraction = check_val_fraction(val_fraction)
-  task = generate_task(
-    data_seed,
-    n_pool=n_pool,
-    n_test=n_test,
-    length=length,
-    features=features,
-    label_noise=label_noise,
-  )
-  pool = Split(task.pool_x, task.pool_y)
-  train_idx, val_idx = stratified_split(task.pool_y, val_fraction, seed)
+  generated = generate_task(data_seed, **task)
+  pool = Split(generated.pool_x, generated.pool_y)
+  train_idx, val_idx = stratified_split(generated.pool_y, val_fraction, seed)
   return Dataset(
     name="synthetic",
     train=pool.subset(train_idx),
     val=pool.subset(val_idx),
-    test=Split(task.test_x, task.test_y),
+    test=Split(generated.test_x, generated.test_y),
     classes=("0", "1"),
   )
