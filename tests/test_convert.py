@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from lstmdrop_jax import LSTMStack, from_keras_lstm, from_torch_lstm, to_keras_lstm, to_torch_lstm
-from tests.test_lstm import torch_layout_weights
 
 
 def test_ours_to_torch_to_ours_is_exact():
@@ -16,8 +15,8 @@ def test_ours_to_torch_to_ours_is_exact():
   jax.tree.map(np.testing.assert_array_equal, back, params)
 
 
-def test_torch_to_ours_to_torch_is_exact_up_to_the_bias_split():
-  sd = torch_layout_weights(layers=2)
+def test_torch_to_ours_to_torch_is_exact_up_to_the_bias_split(torch_weights):
+  sd = torch_weights(layers=2)
   back = to_torch_lstm(from_torch_lstm(sd))
   assert set(back) == set(sd)
   for k in range(2):
@@ -46,8 +45,8 @@ def test_keras_round_trips_exactly():
   jax.tree.map(np.testing.assert_array_equal, from_keras_lstm(to_keras_lstm(params)), params)
 
 
-def test_keras_and_torch_imports_give_the_same_function():
-  sd = torch_layout_weights(layers=1, F=3, H=4)
+def test_keras_and_torch_imports_give_the_same_function(torch_weights):
+  sd = torch_weights(layers=1, F=3, H=4)
   keras = [[sd["weight_ih_l0"].T, sd["weight_hh_l0"].T, sd["bias_ih_l0"] + sd["bias_hh_l0"]]]
   x = jax.random.normal(jax.random.key(0), (2, 6, 3))
   stack = LSTMStack(hidden=4)
@@ -63,15 +62,15 @@ def test_cudnn_keras_bias_halves_are_summed():
   np.testing.assert_array_equal(from_keras_lstm(w)["layer_0"]["bias"], b8[:16] + b8[16:])
 
 
-def test_torch_prefix_and_bad_state_dicts():
-  sd = {f"lstm.{k}": v for k, v in torch_layout_weights(layers=1).items()}
+def test_torch_prefix_and_bad_state_dicts(torch_weights):
+  sd = {f"lstm.{k}": v for k, v in torch_weights(layers=1).items()}
   assert set(from_torch_lstm(sd)) == {"layer_0"}
   with pytest.raises(ValueError, match=r"no nn\.LSTM weights found"):
     from_torch_lstm({"fc.weight": np.zeros((2, 2))})
-  bidir = dict(torch_layout_weights(layers=1), weight_ih_l0_reverse=np.zeros((28, 5)))
+  bidir = dict(torch_weights(layers=1), weight_ih_l0_reverse=np.zeros((28, 5)))
   with pytest.raises(ValueError, match="bidirectional and projected"):
     from_torch_lstm(bidir)
-  no_bias = {k: v for k, v in torch_layout_weights(layers=1).items() if "bias" not in k}
+  no_bias = {k: v for k, v in torch_weights(layers=1).items() if "bias" not in k}
   with pytest.raises(ValueError, match=r"nn.LSTM\(bias=False\) is not supported"):
     from_torch_lstm(no_bias)
   with pytest.raises(ValueError, match="expected LSTMStack parameters"):

@@ -13,26 +13,12 @@ from lstmdrop_jax.lstm import LSTMLayer
 B, T, F, H, L = 3, 11, 5, 7, 2
 
 
-def torch_layout_weights(seed=0, layers=L, F=F, H=H):
-  """Random weights in PyTorch nn.LSTM layout, U(-1/sqrt(H), 1/sqrt(H))."""
-  rng = np.random.default_rng(seed)
-  k = 1 / np.sqrt(H)
-  sd = {}
-  for layer in range(layers):
-    fin = F if layer == 0 else H
-    sd[f"weight_ih_l{layer}"] = rng.uniform(-k, k, (4 * H, fin)).astype(np.float32)
-    sd[f"weight_hh_l{layer}"] = rng.uniform(-k, k, (4 * H, H)).astype(np.float32)
-    sd[f"bias_ih_l{layer}"] = rng.uniform(-k, k, (4 * H,)).astype(np.float32)
-    sd[f"bias_hh_l{layer}"] = rng.uniform(-k, k, (4 * H,)).astype(np.float32)
-  return sd
-
-
 def stack_vars(sd):
   return {"params": jax.tree.map(jnp.asarray, from_torch_lstm(sd))}
 
 
-def test_matches_lstm_ref_outputs_and_final_carry():
-  sd = torch_layout_weights()
+def test_matches_lstm_ref_outputs_and_final_carry(torch_weights):
+  sd = torch_weights(layers=L, F=F, H=H)
   x = jax.random.normal(jax.random.key(0), (B, T, F))
   h0 = jax.random.normal(jax.random.key(1), (L, B, H))
   c0 = jax.random.normal(jax.random.key(2), (L, B, H))

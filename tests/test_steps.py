@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from lstmdrop_jax import DropoutConfig, LanguageModel, SequenceClassifier, steps
-from lstmdrop_jax.checkpoint import read_jsonl
+from lstmdrop_jax.run_folder import read_jsonl
 
 PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
 
@@ -74,8 +74,8 @@ def test_train_step_is_pure_and_changes_every_parameter():
   tx = steps.make_optimizer("adam", 1e-2, steps_per_epoch=1)
   x = jax.random.normal(jax.random.key(0), (8, 5, 3))
   batch = {"x": x, "y": jnp.arange(8) % 2, "mask": jnp.ones(8, bool)}
-  state = steps.create_train_state(model, tx, jax.random.key(1), x)
-  step = jax.jit(steps.make_train_step(model, tx))
+  state = steps.create_train_state(model, tx, jax.random.key(1), x, steps.CLASSIFIER)
+  step = jax.jit(steps.make_train_step(model, tx, steps.CLASSIFIER))
   s1, m1 = step(state, batch, jax.random.key(2))
   s1b, m1b = step(state, batch, jax.random.key(2))
   jax.tree.map(np.testing.assert_array_equal, (s1.params, m1), (s1b.params, m1b))
@@ -91,8 +91,8 @@ def test_language_model_carry_continuity_in_eval_step():
   lm = LanguageModel(vocab_size=30, hidden=8, layers=2, unroll=1)
   tokens = jax.random.randint(jax.random.key(0), (2, 17), 0, 30)
   x, y = tokens[:, :-1], tokens[:, 1:]
-  state = steps.create_train_state(lm, optax.sgd(1.0), jax.random.key(1), x)
-  ev = steps.make_eval_step(lm)
+  state = steps.create_train_state(lm, optax.sgd(1.0), jax.random.key(1), x, steps.LANGUAGE_MODEL)
+  ev = steps.make_eval_step(lm, steps.LANGUAGE_MODEL)
   carry0 = lm.initialize_carry(2)
   full, c_full = ev(state, {"x": x, "y": y}, carry0)
   a, c_half = ev(state, {"x": x[:, :8], "y": y[:, :8]}, carry0)
@@ -104,17 +104,32 @@ def test_language_model_carry_continuity_in_eval_step():
 def test_mc_dropout_averages_stochastic_passes():
   model = SequenceClassifier(hidden=6, dropout=DropoutConfig(output=0.5), unroll=1)
   x = jax.random.normal(jax.random.key(0), (4, 5, 3))
-  batch = {"x": x, "y": jnp.array([0, 1, 0, 1]), "mask": jnp.ones(4, bool)}
-  state = steps.create_train_state(model, optax.sgd(0.1), jax.random.key(1), x)
-  mc = steps.make_mc_eval_step(model, samples=16)
-  m = mc(state, batch, jax.random.key(3))
-  assert float(m["count"]) == 4.0 and 0.0 <= float(m["correct"]) <= 4.0
+  batch = {"x": x, "y": jnp.array([0, 1, 0, 1]), "mask": jnp.array([True, True, True, False])}
+  state = steps.create_train_state(model, optax.sgd(0.1), jax.random.key(1), x, steps.CLASSIFIER)
+  samples, key = 16, jax.random.key(3)
+  m = steps.make_mc_eval_step(model, samples=samples)(state, batch, key)
+  # The same passes by hand: one key each, dropout on, probabilities averaged.
+  variables = {"params": state.params}
+  passes = [
+    jax.nn.sigmoid(model.apply(variables, x, train=True, rngs={"dropout": k}))
+    for k in jax.random.split(key, samples)
+  ]
+  assert len({tuple(np.asarray(p).round(6)) for p in passes}) > 1  # dropout is on
+  p = np.mean(passes, axis=0)[:3]  # the fourth row is masked out
+  y = np.array([0, 1, 0])
+  nll = -np.sum(np.where(y == 1, np.log(p + 1e-7), np.log(1 - p + 1e-7)))
+  np.testing.assert_allclose(m["loss_sum"], nll, rtol=1e-5)
+  assert float(m["correct"]) == float(np.sum((p > 0.5) == y))
+  assert float(m["count"]) == 3.0
   # One pass with rate 0 equals the deterministic evaluation.
+  off_state = state.replace(dropout=DropoutConfig().as_arrays())
   off = steps.make_mc_eval_step(model.clone(dropout=DropoutConfig()), samples=1)
-  det = steps.make_eval_step(model)(state.replace(dropout=DropoutConfig().as_arrays()), batch)
-  got = off(state.replace(dropout=DropoutConfig().as_arrays()), batch, jax.random.key(0))
+  det, _ = steps.make_eval_step(model, steps.CLASSIFIER)(off_state, batch)
+  got = off(off_state, batch, jax.random.key(0))
   np.testing.assert_allclose(got["loss_sum"], det["loss_sum"], rtol=1e-4)
   assert float(got["correct"]) == float(det["correct"])
+  with pytest.raises(ValueError, match="classifiers only"):
+    steps.make_mc_eval_step(LanguageModel(vocab_size=5, hidden=4), samples=2)
 
 
 @pytest.mark.skipif(not PTB.exists(), reason=f"PTB not found at {PTB}")

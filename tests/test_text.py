@@ -42,7 +42,7 @@ def test_corpus_layouts_and_their_errors(tmp_path):
     corpus_files(str(two))
   (tmp_path / "partial").mkdir()
   (tmp_path / "partial" / "train.txt").write_text("a b\n")
-  with pytest.raises(FileNotFoundError, match="expected train.txt, valid.txt and test.txt"):
+  with pytest.raises(FileNotFoundError, match=r"expected train\.txt, valid\.txt and test\.txt"):
     load_text("text", str(tmp_path / "partial"))
   with pytest.raises(FileNotFoundError, match="does not exist; pass --data-dir"):
     load_text("text", str(tmp_path / "nowhere"))
