@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
 # Zaremba et al. (2014) on PTB, medium configuration (and optionally large and
-# the medium variants), on one GPU. Writes tables and logs under $OUT.
+# the medium variants), on one GPU. Writes tables and logs under $OUT. Runs
+# from the checkout without `pip install -e .` (it puts the checkout on
+# PYTHONPATH).
 #
-# On the lent GPU machine (no registry there, so no `pip install -e .`): the
-# PTB files do not travel from ../shared, so copy them into an ignored folder
-# of the checkout first and carry it:
-#   here:   mkdir -p .ptb && cp ../shared/data/ptb/ptb.*.txt .ptb/ && echo /.ptb/ >> .git/info/exclude
-#   there:  PTB_DIR=.ptb bash scripts/gpu_ptb.sh            (carry: [".ptb"])
-# Variables: PTB_DIR (data), OUT (outputs), CONFIGS ("medium" or "medium large"),
-# VARIANTS=1 (medium variants), EPOCHS (override, e.g. to fit a time budget).
-# CPU check of the pipeline: QUICK=1 JAX_PLATFORMS=cpu bash scripts/gpu_ptb.sh
+# Variables:
+#   PYTHON    the Python that has jax, flax and optax; default python3
+#   PTB_DIR   the folder of ptb.{train,valid,test}.txt; default ../shared/data/ptb
+#   OUT       the output folder; default results/gpu_ptb
+#   CONFIGS   "medium" (default) or "medium large"
+#   VARIANTS=1  also the medium variants
+#   EPOCHS    overrides the configurations' epochs (e.g. to fit a time budget)
+#   QUICK=1   a short run: a check of the pipeline, not a result
+#
+#   PTB_DIR=.ptb bash scripts/gpu_ptb.sh
+#   QUICK=1 JAX_PLATFORMS=cpu bash scripts/gpu_ptb.sh     # the pipeline on a CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/find_python.sh
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c "import jax" 2>/dev/null; then
+  echo "error: PYTHON=$PYTHON cannot import jax; set PYTHON to a Python that can" >&2
+  exit 2
+fi
 OUT=${OUT:-results/gpu_ptb}
 PTB_DIR=${PTB_DIR:-../shared/data/ptb}
 CONFIGS=${CONFIGS:-medium}
 mkdir -p "$OUT"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 (nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
-"$PYBIN" - "$OUT" "$PTB_DIR" "$CONFIGS" "${VARIANTS:-0}" "${EPOCHS:-}" "${QUICK:-0}" <<'PY' 2>&1 | tee "$OUT/log.txt"
+"$PYTHON" - "$OUT" "$PTB_DIR" "$CONFIGS" "${VARIANTS:-0}" "${EPOCHS:-}" "${QUICK:-0}" <<'PY' 2>&1 | tee "$OUT/log.txt"
 import sys, time
 from pathlib import Path
 import jax
@@ -33,9 +42,9 @@ for name in configs.split():
                    out=Path(out), quick_run=quick == "1", epochs=int(epochs) if epochs else None)
   print(path.read_text(), f"({name}: {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
 PY
-# Keep what comes back few and small (the device returns at most 8 files):
-# the tables, the log, and every run's summary in one file.
-"$PYBIN" - "$OUT" <<'PY'
+# Keep the outputs few and small: the tables, the log, and every run's
+# summary in one file.
+"$PYTHON" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])

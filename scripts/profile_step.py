@@ -1,10 +1,10 @@
 """Where a training step's time goes: a profiler trace of a few steps, summed by kernel.
 
-Builds the same step as ``scripts/bench.py`` (our model or Flax's stock
-stack), traces ``--steps`` steps with ``jax.profiler`` and prints, per
-configuration: wall time per step, the kernels' summed time per step (on a
-GPU the gap between the two is launch and host overhead), and the
-``--top`` kernels by time with their launches per step. On a CPU the
+Builds the same step as ``scripts/bench.py`` (``bench_models.jax_step``: our
+model or Flax's stock stack), traces ``--steps`` steps with ``jax.profiler``
+and prints, per configuration: wall time per step, the kernels' summed time
+per step (on a GPU the gap between the two is launch and host overhead), and
+the ``--top`` kernels by time with their launches per step. On a CPU the
 "kernels" are XLA's thunks, some of which overlap on other threads.
 
   python scripts/profile_step.py --configs seed_clf zaremba_medium --json prof.json
@@ -16,13 +16,13 @@ import argparse
 import collections
 import gzip
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench
+import bench_models
+
+from lstmdrop_jax.host_memory import keep_freed_host_memory
 
 # Host-side wrappers in a CPU trace: they contain the thunks that do the work.
 _CPU_WRAPPERS = ("ThunkExecutor", "$", "SlinkyThreadPool", "PjitFunction", "while")
@@ -60,7 +60,7 @@ def kernel_events(trace: dict) -> tuple[str, list[dict]]:
 def profile(name: str, impl: str, dtype: str, unroll, n: int, top: int) -> dict:
   import jax
 
-  step, state, batch, key = bench._jax_setup(name, impl, dtype, unroll, 1)
+  step, state, batch, key = bench_models.jax_step(name, impl, dtype, unroll)
   for _ in range(3):  # compile and warm up
     state, _ = step(state, batch, key)
   jax.block_until_ready(state)
@@ -95,8 +95,8 @@ def profile(name: str, impl: str, dtype: str, unroll, n: int, top: int) -> dict:
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--configs", nargs="+", default=["seed_clf"], choices=list(bench.CONFIGS))
-  p.add_argument("--impl", default="ours", choices=["ours", "ours-scan", "flax"])
+  p.add_argument("--configs", nargs="+", default=["seed_clf"], choices=list(bench_models.CONFIGS))
+  p.add_argument("--impl", default="ours", choices=bench_models.JAX_IMPLS)
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
   p.add_argument("--unroll", type=int, default=None)
   p.add_argument("--steps", type=int, default=10, help="traced steps")
@@ -105,9 +105,7 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   if args.steps < 1 or args.top < 1:
     p.error("--steps and --top must be >= 1")
-  from lstmdrop_jax import parallel
-
-  parallel.keep_freed_host_memory()  # as bench.py and the training CLI
+  keep_freed_host_memory()  # as bench.py's measurements and the training CLI
   out = []
   for name in args.configs:
     r = profile(name, args.impl, args.dtype, args.unroll, args.steps, args.top)

@@ -1,5 +1,6 @@
 """scripts/profile_step.py: picks the device's kernel rows out of a trace, and runs."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,9 +10,20 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
-import profile_step  # noqa: E402
+
+def _load(name: str):
+  """Imports ``scripts/{name}.py`` as ``python scripts/...`` would, its siblings importable."""
+  if name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before running it, so that `import bench_models` finds it
+    spec.loader.exec_module(module)
+  return sys.modules[name]
+
+
+_load("bench_models")
+profile_step = _load("profile_step")
 
 
 def _meta(pid, name, tid=None):

@@ -1,0 +1,269 @@
+"""The benchmark's models and training steps, shared by bench.py and profile_step.py.
+
+One model, three implementations, each trained by forward + backward + Adam
+with dropout ``RATE`` at the three placements (input, between the layers,
+output):
+
+* ``ours``: ``SequenceClassifier`` / ``LanguageModel`` and
+  ``steps.make_train_step``; ``ours-scan`` is the same with ``impl="scan"``
+  (the recurrence differentiated by autodiff instead of our backward pass);
+* ``flax``: Flax's stock ``nn.RNN(nn.OptimizedLSTMCell)`` layers with
+  ``nn.Dropout``, the baseline a Flax user would write;
+* ``torch``: ``nn.LSTM(num_layers=L, dropout=RATE)`` (cuDNN on a GPU) with
+  ``nn.Dropout`` on its input and output.
+
+The heavy frameworks are imported inside the builders, so importing this
+module for ``CONFIGS`` costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+#: name: batch B, steps T, input features F or vocabulary V, hidden H, layers L,
+#: and the head ("binary": one logit from the last step; "lm": next-token softmax).
+CONFIGS = {
+  "seed_clf": dict(B=64, T=100, F=20, H=64, L=2, head="binary"),
+  "zaremba_medium": dict(B=20, T=35, V=10_000, H=650, L=2, head="lm"),
+  "zaremba_large": dict(B=20, T=35, V=10_000, H=1500, L=2, head="lm"),
+  "wide_clf": dict(B=256, T=100, F=20, H=512, L=2, head="binary"),
+  "ptb_small": dict(B=20, T=20, V=10_000, H=200, L=2, head="lm"),
+}
+#: What to measure by default: the small models on a CPU, the paper-sized ones on a GPU.
+DEFAULT_CONFIGS = {
+  "cpu": ["seed_clf", "ptb_small"],
+  "gpu": ["seed_clf", "zaremba_medium", "zaremba_large", "wide_clf"],
+}
+JAX_IMPLS = ("ours", "ours-scan", "flax")
+IMPLS = (*JAX_IMPLS, "torch")
+RATE = 0.5
+
+
+def flops_per_step(c: dict) -> float:
+  """Matmul FLOPs of one training step (forward + backward = 3x forward)."""
+  B, T, H, L = c["B"], c["T"], c["H"], c["L"]
+  fin = c.get("F", H)  # the LM's embedding size is H
+  lstm = sum(2 * B * T * ((fin if layer == 0 else H) + H) * 4 * H for layer in range(L))
+  head = 2 * B * T * H * c["V"] if c["head"] == "lm" else 2 * B * H
+  return 3.0 * (lstm + head)
+
+
+def set_matmul_precision(impl: str, precision: str) -> None:
+  """Sets the float32 matmul mode of ``impl``'s framework for this process.
+
+  ``default`` leaves each framework its own (on NVIDIA GPUs since Ampere XLA
+  and cuDNN's RNN use TF32 tensor cores, PyTorch's other matmuls full
+  float32), so that the comparison can also be made on equal arithmetic:
+  ``tf32`` everywhere or ``highest`` (full float32) everywhere.
+  """
+  if precision == "default":
+    return
+  if impl == "torch":
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+  else:
+    import jax
+
+    mode = "tensorfloat32" if precision == "tf32" else "highest"
+    jax.config.update("jax_default_matmul_precision", mode)
+
+
+# --- JAX ----------------------------------------------------------------------
+
+
+class JaxStep(NamedTuple):
+  """A jitted ``step(state, batch, key) -> (state, metrics)`` and its first inputs.
+
+  The step donates its state: feed each call the state the previous one returned.
+  """
+
+  step: Callable[..., Any]
+  state: Any
+  batch: dict
+  key: Any
+
+
+def _jax_batch(c: dict, key) -> dict:
+  """A fixed batch: random tokens and their shift for an LM, noise and 0/1 labels otherwise."""
+  import jax
+  import jax.numpy as jnp
+
+  if c["head"] == "lm":
+    x_BT = jax.random.randint(key, (c["B"], c["T"]), 0, c["V"])
+    return {"x": x_BT, "y": jnp.roll(x_BT, -1, axis=1)}
+  x_BTF = jax.random.normal(key, (c["B"], c["T"], c["F"]))
+  return {"x": x_BTF, "y": jnp.arange(c["B"]) % 2, "mask": jnp.ones(c["B"], bool)}
+
+
+def _ours(c: dict, impl: str, dtype: str, unroll: int | None, tx, x):
+  """``init(key) -> state`` and ``run(state, batch, key)`` of our models."""
+  import jax.numpy as jnp
+
+  from lstmdrop_jax import DropoutConfig, LanguageModel, SequenceClassifier, steps
+
+  common = dict(
+    hidden=c["H"],
+    layers=c["L"],
+    dropout=DropoutConfig(RATE, RATE, RATE),
+    unroll=unroll,
+    compute_dtype=jnp.dtype(dtype),
+    impl="scan" if impl == "ours-scan" else "fused",
+  )
+  if c["head"] == "lm":
+    model, objective = LanguageModel(vocab_size=c["V"], **common), steps.LANGUAGE_MODEL
+  else:
+    model, objective = SequenceClassifier(**common), steps.CLASSIFIER
+  run = steps.make_train_step(model, tx, objective)
+  return lambda k: steps.create_train_state(model, tx, k, x, objective), run
+
+
+def _flax_stock(c: dict, dtype: str, unroll: int | None, tx, x):
+  """``init`` and ``run`` of the same model from Flax's stock layers, losses as ours."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  lm, cdt = c["head"] == "lm", jnp.dtype(dtype)
+
+  class Stock(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+      if lm:
+        x = nn.Embed(c["V"], c["H"])(x)
+      x = nn.Dropout(RATE, deterministic=not train)(x)
+      for layer in range(c["L"]):
+        if layer:
+          x = nn.Dropout(RATE, deterministic=not train)(x)
+        x = nn.RNN(nn.OptimizedLSTMCell(c["H"], dtype=cdt), unroll=unroll or 1)(x)
+      if not lm:
+        x = x[:, -1]
+      x = nn.Dropout(RATE, deterministic=not train)(x)
+      out = nn.Dense(c["V"] if lm else 1, dtype=cdt)(x)
+      return out.astype(jnp.float32) if lm else out[:, 0].astype(jnp.float32)
+
+  model = Stock()
+
+  def init(k):
+    params = model.init(k, x, False)["params"]
+    return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  def loss_fn(params, batch, k):
+    out = model.apply({"params": params}, batch["x"], True, rngs={"dropout": k})
+    if lm:
+      return optax.softmax_cross_entropy_with_integer_labels(out, batch["y"]).sum() / c["B"]
+    return optax.sigmoid_binary_cross_entropy(out, batch["y"].astype(out.dtype)).mean()
+
+  def run(state, batch, k):
+    g = jax.grad(loss_fn)(state["params"], batch, jax.random.fold_in(k, state["step"]))
+    u, opt = tx.update(g, state["opt"], state["params"])
+    new_params = optax.apply_updates(state["params"], u)
+    return {"params": new_params, "opt": opt, "step": state["step"] + 1}, {}
+
+  return init, run
+
+
+def jax_step(
+  config: str,
+  impl: str,
+  dtype: str = "float32",
+  unroll: int | None = None,
+  seeds: int = 1,
+  shard: bool = False,
+) -> JaxStep:
+  """Builds ``impl``'s jitted training step on ``config`` with its initial state.
+
+  Args:
+    config: a key of ``CONFIGS``.
+    impl: one of ``JAX_IMPLS``.
+    dtype: the matmuls' compute dtype (``float32`` or ``bfloat16``).
+    unroll: the scan's unroll (None: each implementation's default).
+    seeds: K > 1 vmaps K independent runs (one key each) into one step.
+    shard: split the batch over every device (data parallel, state
+      replicated); ignored with ``seeds > 1``.
+  """
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  if impl not in JAX_IMPLS:
+    raise ValueError(f"impl must be one of {JAX_IMPLS}, got {impl!r}")
+  c, key, tx = CONFIGS[config], jax.random.key(0), optax.adam(1e-3)
+  batch = _jax_batch(c, key)
+  if impl == "flax":
+    init, run = _flax_stock(c, dtype, unroll, tx, batch["x"])
+  else:
+    init, run = _ours(c, impl, dtype, unroll, tx, batch["x"])
+  if seeds > 1:
+    keys = jax.random.split(key, seeds)
+    batch = jax.tree.map(lambda a: jnp.broadcast_to(a, (seeds, *a.shape)), batch)
+    return JaxStep(jax.jit(jax.vmap(run), donate_argnums=0), jax.vmap(init)(keys), batch, keys)
+  state = init(key)
+  if shard:
+    from lstmdrop_jax import parallel as par
+
+    mesh = par.make_mesh()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(par.AXIS))
+    state, batch = jax.device_put(state, replicated), jax.device_put(batch, rows)
+  return JaxStep(jax.jit(run, donate_argnums=0), state, batch, key)
+
+
+# --- PyTorch ------------------------------------------------------------------
+
+
+def torch_step(config: str, dtype: str = "float32", device: str = "cpu") -> Callable[[], None]:
+  """PyTorch's training step on ``config``: ``step()`` runs one on a fixed batch.
+
+  ``dtype="bfloat16"`` runs the step under CUDA autocast (on a GPU only;
+  PyTorch has no bf16 cuDNN LSTM otherwise). The caller synchronises.
+  """
+  import torch
+  from torch import nn
+
+  c = CONFIGS[config]
+  lm = c["head"] == "lm"
+  dev = torch.device("cuda" if device == "gpu" else "cpu")
+  torch.manual_seed(0)
+
+  class Model(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.embed = nn.Embedding(c["V"], c["H"]) if lm else None
+      self.drop_in, self.drop_out = nn.Dropout(RATE), nn.Dropout(RATE)
+      fin = c["H"] if lm else c["F"]
+      self.lstm = nn.LSTM(fin, c["H"], num_layers=c["L"], dropout=RATE, batch_first=True)
+      self.head = nn.Linear(c["H"], c["V"] if lm else 1)
+
+    def forward(self, x):
+      y, _ = self.lstm(self.drop_in(self.embed(x) if lm else x))
+      return self.head(self.drop_out(y if lm else y[:, -1]))
+
+  model = Model().to(dev).train()
+  opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+  if lm:
+    x_BT = torch.randint(0, c["V"], (c["B"], c["T"]), device=dev)
+    y_BT = torch.roll(x_BT, -1, 1)
+    x = x_BT
+
+    def loss_fn(out_BTV):
+      nll = nn.functional.cross_entropy(
+        out_BTV.reshape(-1, c["V"]), y_BT.reshape(-1), reduction="sum"
+      )
+      return nll / c["B"]
+  else:
+    x = torch.randn(c["B"], c["T"], c["F"], device=dev)
+    y_B = (torch.arange(c["B"], device=dev) % 2).float()
+    loss_fn = lambda out_B1: nn.functional.binary_cross_entropy_with_logits(out_B1[:, 0], y_B)
+  autocast = dtype == "bfloat16" and device == "gpu"
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+      loss = loss_fn(model(x))
+    loss.backward()
+    opt.step()
+
+  return step
