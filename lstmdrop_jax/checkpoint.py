@@ -27,6 +27,13 @@ import orbax.checkpoint as ocp
 class RunCheckpoints:
   """The last ``keep`` checkpoints and the best one of a run folder.
 
+  ``save`` writes in an order whose every prefix a resumed run can use: the
+  best checkpoint first, then the last one (after deleting the oldest, so
+  that ``last/`` never holds more than ``keep`` finished checkpoints), and
+  only then the previous best is deleted. A kill between the writes leaves
+  a best checkpoint newer than the last one, which ``discard_after``
+  removes when the run resumes from the last one and repeats the epoch.
+
   Args:
     workdir: the run folder.
     keep: how many of the latest checkpoints to keep (>= 1).
@@ -35,29 +42,38 @@ class RunCheckpoints:
   def __init__(self, workdir: str | os.PathLike, keep: int = 2):
     if keep < 1:
       raise ValueError(f"keep must be >= 1, got {keep}")
-    root = Path(workdir).absolute() / "checkpoints"
+    self.keep = keep
+    self.root = Path(workdir).absolute() / "checkpoints"
 
-    def manager(name: str, max_to_keep: int) -> ocp.CheckpointManager:
+    def manager(name: str) -> ocp.CheckpointManager:
       options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
+        max_to_keep=None,  # pruned here, in the order above
         create=True,
         enable_async_checkpointing=False,
-        cleanup_tmp_directories=True,
+        cleanup_tmp_directories=True,  # the remains of a write a kill cut short
       )
       handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-      return ocp.CheckpointManager(root / name, options=options, item_handlers=handlers)
+      return ocp.CheckpointManager(self.root / name, options=options, item_handlers=handlers)
 
-    self._last = manager("last", keep)
-    self._best = manager("best", 1)
+    self._last = manager("last")
+    self._best = manager("best")
 
   def save(self, epoch: int, state: Any, meta: dict[str, Any], *, best: bool = False) -> None:
     """Saves ``state`` and ``meta`` as epoch ``epoch`` (and as the best one)."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    self._last.save(epoch, args=args, force=True)
     if best:
-      self._best.save(epoch, args=args, force=True)
-    self._last.wait_until_finished()
-    self._best.wait_until_finished()
+      _write(self._best, epoch, args)
+    for old in sorted(self._last.all_steps())[: -self.keep + 1 or None]:
+      if old != epoch:
+        self._last.delete(old)
+    _write(self._last, epoch, args)
+    self.discard_stale_best(epoch)
+
+  def discard_stale_best(self, epoch: int) -> None:
+    """Keeps only the newest best checkpoint up to ``epoch``."""
+    steps = sorted(s for s in self._best.all_steps() if s <= epoch)
+    for old in steps[:-1]:
+      self._best.delete(old)
 
   def discard_after(self, epoch: int) -> None:
     """Deletes checkpoints newer than ``epoch`` (left by a run that resumes earlier)."""
@@ -65,6 +81,10 @@ class RunCheckpoints:
       for step in mgr.all_steps():
         if step > epoch:
           mgr.delete(step)
+
+  def epochs(self, which: str = "last") -> list[int]:
+    """The epochs of the finished checkpoints, oldest first."""
+    return sorted(self._manager(which).all_steps())
 
   def latest_epoch(self, which: str = "last") -> int | None:
     return self._manager(which).latest_step()
@@ -106,3 +126,16 @@ class RunCheckpoints:
   def close(self) -> None:
     self._last.close()
     self._best.close()
+
+
+def _write(mgr: ocp.CheckpointManager, epoch: int, args: Any) -> None:
+  """One synchronous save; raises if Orbax did not finish it.
+
+  Orbax logs, rather than raises, some failures of a save's last step, so
+  the checkpoint's presence is checked.
+  """
+  mgr.save(epoch, args=args, force=True)
+  mgr.wait_until_finished()
+  mgr.reload()
+  if epoch not in mgr.all_steps():
+    raise OSError(f"the checkpoint of epoch {epoch} was not completed in {mgr.directory}")

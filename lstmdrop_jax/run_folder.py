@@ -1,4 +1,4 @@
-"""Run folders: the files of a run besides its checkpoints.
+"""Run folders: the files of a run besides its checkpoints, and how they recover.
 
 A run folder holds::
 
@@ -9,32 +9,83 @@ A run folder holds::
 
 ``config.json`` and ``summary.json`` are written atomically (a temporary
 file, then ``os.replace``), so a run killed at any moment leaves either the
-old file or the new one. Nothing here knows about models.
+old file or the new one, and perhaps a temporary file that the next run
+removes. Every failure to read or write the folder is a ``RunFolderError``
+whose message names the file, the operation and what to do. Nothing here
+knows about models.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+class RunFolderError(Exception):
+  """A run folder could not be read or written; the message says which file and what to do."""
+
+
+_HINTS = {
+  errno.ENOSPC: "free some space, then re-run the same command to resume",
+  errno.EDQUOT: "free some space, then re-run the same command to resume",
+  errno.EACCES: "check the folder's permissions, or choose another --workdir",
+  errno.EPERM: "check the folder's permissions, or choose another --workdir",
+  errno.EROFS: "the file system is read-only; choose another --workdir",
+  errno.ENOENT: "check that the path exists",
+}
+
+
+@contextlib.contextmanager
+def os_errors(operation: str, path: str | os.PathLike) -> Iterator[None]:
+  """Turns an ``OSError`` into a ``RunFolderError`` naming ``operation`` and ``path``."""
+  try:
+    yield
+  except OSError as e:
+    reason = e.strerror or str(e)
+    hint = _HINTS.get(e.errno, "fix that, then re-run the same command to resume")
+    raise RunFolderError(f"cannot {operation} {os.fspath(path)}: {reason}; {hint}") from e
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
   """Writes ``obj`` as JSON so that ``path`` is always either old or new."""
   path = Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  with os_errors("write", path):
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+      with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+    except BaseException:  # a kill leaves the temporary file; the next run removes it
+      Path(tmp).unlink(missing_ok=True)
+      raise
+
+
+def read_json(path: Path, fix: str) -> Any:
+  """A JSON file of a run folder; ``fix`` says what to do when it is damaged."""
+  with os_errors("read", path):
+    text = Path(path).read_text()
   try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise RunFolderError(
+      f"{path} is damaged: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); {fix}"
+    ) from None
+
+
+def _temp_files(folder: Path) -> list[Path]:
+  """Temporary files that a write cut short by a kill left behind."""
+  names = (".config.json.", ".summary.json.", ".metrics.jsonl.")
+  return [p for p in folder.iterdir() if p.name.startswith(names) and p.name.endswith(".tmp")]
 
 
 def check_workdir(workdir: str | os.PathLike) -> Path:
@@ -50,20 +101,22 @@ def check_workdir(workdir: str | os.PathLike) -> Path:
   return path
 
 
-def prepare_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> Path:
-  """Creates the run folder, or checks that it belongs to ``config``.
-
-  Returns:
-    The folder's path.
+def check_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> bool:
+  """Whether ``workdir`` already holds the run of ``config`` (False: a new run); writes nothing.
 
   Raises:
     ValueError: the folder holds a run with another configuration (the
-      message lists the differing fields), or ``workdir`` is a file.
+      message lists the differing fields), is not a run folder, or
+      ``workdir`` is a file.
+    RunFolderError: its ``config.json`` is damaged or unreadable.
   """
   path = check_workdir(workdir)
   cfg_path = path / "config.json"
   if cfg_path.exists():
-    old = json.loads(cfg_path.read_text())
+    old = read_json(
+      cfg_path,
+      "restore it (it holds the run's flags), or start the run afresh in a new --workdir",
+    )
     if old != config:
       diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
       details = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
@@ -71,23 +124,49 @@ def prepare_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> Pa
         f"{str(path)!r} holds a run with a different config ({details}); re-run with the "
         "same config to resume it, or choose a new --workdir"
       )
-    return path
-  if path.exists() and any(p.name != "config.json" for p in path.iterdir()):
-    raise ValueError(
-      f"{str(path)!r} is not empty and holds no config.json; it is not a run folder of "
-      "this project. Choose a new --workdir"
-    )
-  path.mkdir(parents=True, exist_ok=True)
-  write_json_atomic(cfg_path, config)
+    return True
+  if path.exists():
+    with os_errors("list", path):
+      foreign = [p for p in path.iterdir() if p not in _temp_files(path)]
+    if foreign:
+      raise ValueError(
+        f"{str(path)!r} is not empty and holds no config.json; it is not a run folder of "
+        "this project. Choose a new --workdir"
+      )
+  return False
+
+
+def create_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> Path:
+  """Creates the folder of a new run and writes its ``config.json``."""
+  path = Path(workdir)
+  with os_errors("create the run folder", path):
+    path.mkdir(parents=True, exist_ok=True)
+    for tmp in _temp_files(path):
+      tmp.unlink()
+  write_json_atomic(path / "config.json", config)
   return path
+
+
+def prepare_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> Path:
+  """Creates the run folder, or checks that it belongs to ``config``.
+
+  Raises:
+    ValueError, RunFolderError: as ``check_run_folder``, and when the folder
+      cannot be created.
+  """
+  if check_run_folder(workdir, config):
+    return Path(workdir)
+  return create_run_folder(workdir, config)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
   """The records of a JSONL file, skipping a torn last line."""
   if not path.exists():
     return []
+  with os_errors("read", path):
+    lines = path.read_text().splitlines()
   records = []
-  for line in path.read_text().splitlines():
+  for line in lines:
     try:
       records.append(json.loads(line))
     except json.JSONDecodeError:
@@ -110,34 +189,39 @@ class MetricsLog:
 
   def append(self, record: dict[str, Any]) -> None:
     if self.write:
-      with open(self.path, "a") as f:
+      with os_errors("append to", self.path), open(self.path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
   def records(self) -> list[dict[str, Any]]:
     return read_jsonl(self.path)
 
   def truncate(self, epoch: int) -> None:
-    """Keeps the records of epochs up to ``epoch``."""
+    """Keeps the records of epochs up to ``epoch`` (none for ``epoch < 0``)."""
     if not self.write:
       return
-    kept = [r for r in self.records() if r.get("epoch", 0) <= epoch]
+    kept = [r for r in self.records() if epoch >= 0 and r.get("epoch", 0) <= epoch]
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
     tmp = self.path.with_name(".metrics.jsonl.tmp")
-    tmp.write_text(text)
-    tmp.replace(self.path)
+    with os_errors("rewrite", self.path):
+      tmp.write_text(text)
+      tmp.replace(self.path)
 
 
 def read_summary(workdir: str | os.PathLike) -> dict[str, Any] | None:
   """The run's ``summary.json``, or None while the run has not ended."""
   f = Path(workdir) / "summary.json"
-  return json.loads(f.read_text()) if f.exists() else None
+  if not f.exists():
+    return None
+  return read_json(
+    f, "delete it and re-run the same command: the summary is rebuilt from the last checkpoint"
+  )
 
 
 class RunFolder:
   """One run folder as the training loop uses it: log, checkpoints, summary.
 
   Args:
-    workdir: the folder (``prepare_run_folder`` made it).
+    workdir: the folder (``create_run_folder`` made it).
     keep: how many of the latest checkpoints to keep.
     write: whether this process writes the folder's own files (with several
       processes only the first does; all take part in checkpoints).
@@ -149,26 +233,60 @@ class RunFolder:
     self.path = Path(workdir)
     self.write = write
     self.log = MetricsLog(self.path, write=write)
-    self.ckpt = RunCheckpoints(self.path, keep=keep)
+    with os_errors("open the checkpoints of", self.path):
+      self.ckpt = RunCheckpoints(self.path, keep=keep)
+    if write:
+      with os_errors("clean up", self.path):
+        for tmp in _temp_files(self.path):
+          tmp.unlink()
 
   def resume(self, template: Any) -> tuple[Any, dict[str, Any]] | None:
-    """The latest checkpoint's ``(state, meta)``, or None for a fresh start.
+    """The newest intact checkpoint's ``(state, meta)``, or None for a fresh start.
 
-    Whatever a killed run wrote after that checkpoint (log records, newer
-    checkpoints) is dropped, so the resumed run repeats those epochs exactly.
+    Whatever a killed run wrote after that checkpoint (log records, newer or
+    damaged checkpoints) is dropped, so the resumed run repeats those epochs
+    exactly. A damaged checkpoint is skipped with a warning.
+
+    Raises:
+      RunFolderError: there are checkpoints, but none can be read.
     """
-    restored = self.ckpt.restore(template)
-    if restored is None:
-      self.log.truncate(0)
+    epochs = self.ckpt.epochs()
+    if not epochs:
+      self.ckpt.discard_after(0)
+      self.log.truncate(-1)
       return None
-    state, meta = restored
-    self.ckpt.discard_after(meta["epoch"])
-    self.log.truncate(meta["epoch"])
-    return state, meta
+    failures = []
+    for epoch in reversed(epochs):
+      try:
+        state, meta = self.ckpt.restore(template, epoch=epoch)
+      except Exception as e:
+        failures.append(f"epoch {epoch}: {type(e).__name__}: {str(e)[:200]}")
+        warnings.warn(
+          f"skipping the damaged checkpoint of epoch {epoch} in {self.ckpt.root / 'last'} "
+          f"({type(e).__name__}); the run resumes from an older one and repeats the epochs",
+          stacklevel=2,
+        )
+        continue
+      with os_errors("discard the checkpoints newer than the one resumed in", self.path):
+        self.ckpt.discard_after(epoch)
+        self.ckpt.discard_stale_best(epoch)
+      self.log.truncate(epoch)
+      return state, meta
+    raise RunFolderError(
+      f"no intact checkpoint in {self.ckpt.root / 'last'} ({'; '.join(failures)}); move the "
+      f"folder {self.path} away and start the run afresh in a new --workdir"
+    )
 
   def save(self, epoch: int, state: Any, meta: dict[str, Any], *, best: bool) -> None:
     """Checkpoints epoch ``epoch`` (and as the best one)."""
-    self.ckpt.save(epoch, state, meta, best=best)
+    try:
+      self.ckpt.save(epoch, state, meta, best=best)
+    except Exception as e:
+      raise RunFolderError(
+        f"cannot write the checkpoint of epoch {epoch} under {self.ckpt.root}: "
+        f"{_reason(e)}; the older checkpoints are intact: fix that, then re-run the same "
+        "command to resume"
+      ) from e
 
   def write_summary(self, summary: dict[str, Any]) -> None:
     if self.write:
@@ -176,3 +294,12 @@ class RunFolder:
 
   def close(self) -> None:
     self.ckpt.close()
+
+
+def _reason(e: Exception) -> str:
+  """A short reason for a failed checkpoint write (Orbax wraps the OS error in its text)."""
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  text = str(e)
+  code = text.rsplit("os_error_code='", 1)[-1].split("'")[0] if "os_error_code='" in text else ""
+  return os.strerror(int(code)) if code.isdigit() else text[:300]
