@@ -66,7 +66,8 @@ def from_torch_lstm(state_dict: Mapping[str, Any]) -> Params:
 
   Raises:
     ValueError: no LSTM weights found, a bidirectional or projected LSTM, a
-      missing bias, or inconsistent shapes.
+      missing bias, inconsistent shapes, or layers whose sizes do not chain
+      (layer k's input size must be layer k-1's hidden size).
   """
   by_name: dict[str, Any] = {}
   for key, value in state_dict.items():
@@ -106,7 +107,7 @@ def from_torch_lstm(state_dict: Mapping[str, Any]) -> Params:
       "kernel_hh": w_hh.T.copy(),
       "bias": b_ih + b_hh,
     }
-  return params
+  return _check_chain(params)
 
 
 def to_torch_lstm(
@@ -142,6 +143,10 @@ def from_keras_lstm(weights: Sequence[Sequence[Any]]) -> Params:
 
   Returns:
     ``{'layer_{k}': {'kernel_ih', 'kernel_hh', 'bias'}}`` as float32 numpy.
+
+  Raises:
+    ValueError: not one list per layer, a missing bias, inconsistent shapes,
+      or layers whose sizes do not chain.
   """
   if len(weights) == 0 or (isinstance(weights[0], np.ndarray) and np.ndim(weights[0]) == 2):
     raise ValueError(
@@ -167,7 +172,7 @@ def from_keras_lstm(weights: Sequence[Sequence[Any]]) -> Params:
       "kernel_hh": recurrent.copy(),
       "bias": bias.copy(),
     }
-  return params
+  return _check_chain(params)
 
 
 def to_keras_lstm(params: Mapping[str, Mapping[str, Any]]) -> list[list[np.ndarray]]:
@@ -177,6 +182,25 @@ def to_keras_lstm(params: Mapping[str, Mapping[str, Any]]) -> list[list[np.ndarr
     [_np(p["kernel_ih"]).copy(), _np(p["kernel_hh"]).copy(), _np(p["bias"]).copy()]
     for p in (params[f"layer_{k}"] for k in range(_num_layers(params)))
   ]
+
+
+def _check_chain(params: Params) -> Params:
+  """Raises ``ValueError`` unless the layers form one stack: every layer has the same
+  hidden size, and each takes the previous layer's output as its input."""
+  hidden = [p["kernel_hh"].shape[0] for p in params.values()]
+  for k in range(1, len(params)):
+    if hidden[k] != hidden[0]:
+      raise ValueError(
+        f"layer {k} has {hidden[k]} hidden units and layer 0 has {hidden[0]}; an LSTMStack's "
+        "layers share one hidden size"
+      )
+    inputs = params[f"layer_{k}"]["kernel_ih"].shape[0]
+    if inputs != hidden[k - 1]:
+      raise ValueError(
+        f"layer {k} takes {inputs} inputs, but layer {k - 1} gives {hidden[k - 1]} (its hidden "
+        "size); the layers do not form one stack"
+      )
+  return params
 
 
 def _num_layers(params: Mapping[str, Any]) -> int:

@@ -13,7 +13,6 @@ Command line (the over-fitting study's report from its run folders)::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ import numpy as np
 
 from lstmdrop_jax import tables
 from lstmdrop_jax.dropout import PLACEMENTS
-from lstmdrop_jax.run_folder import read_jsonl
+from lstmdrop_jax.run_folder import RunFolderError, read_json, read_jsonl, read_summary
 
 #: The settings of the over-fitting grid, in table order: no dropout, one
 #: placement alone, or all three placements at one rate.
@@ -48,12 +47,11 @@ def load_runs(root: str | Path) -> list[dict[str, Any]]:
   runs = []
   for cfg in sorted(Path(root).rglob("config.json")):
     folder = cfg.parent
-    summary = folder / "summary.json"
     runs.append(
       {
         "path": folder,
-        "config": json.loads(cfg.read_text()),
-        "summary": json.loads(summary.read_text()) if summary.exists() else None,
+        "config": read_json(cfg, "restore it, or move the run folder out of the report's folder"),
+        "summary": read_summary(folder),
         "records": read_jsonl(folder / "metrics.jsonl"),
       }
     )
@@ -284,7 +282,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--out", required=True, help="where to write the tables and plots")
   parser.add_argument("--title", default="")
   args = parser.parse_args(argv)
-  for kind, path in build_overfit_report(args.runs_dir, args.out, args.title).items():
+  try:
+    paths = build_overfit_report(args.runs_dir, args.out, args.title)
+  except (ValueError, RunFolderError, OSError) as e:
+    raise SystemExit(f"error: {e}") from None
+  for kind, path in paths.items():
     print(f"{kind}: {path}")
 
 

@@ -12,39 +12,38 @@ the pure ``train_step`` over the epoch's batches, metrics summed on device
 and fetched once. Everything task-specific (data, model, scores) comes from
 a ``tasks.Task``.
 
-Command line (every ``Config`` field is a flag; see ``--help``)::
-
-  python -m lstmdrop_jax.train --workdir runs/gunpoint --dataset GunPoint \\
-      --dropout.output 0.3 --epochs 200
-
-Re-running the same command resumes the run bit for bit from its last
-checkpoint; the same folder with another config is refused.
+Re-running the same call (or command, ``cli.py``) resumes the run bit for
+bit from its last checkpoint; the same folder with another config is
+refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tyro
 from tqdm.auto import tqdm
 
 from lstmdrop_jax import parallel as par
 from lstmdrop_jax import steps
 from lstmdrop_jax.config import Config, check_stackable
-from lstmdrop_jax.host_memory import keep_freed_host_memory
-from lstmdrop_jax.run_folder import RunFolder, check_workdir, prepare_run_folder, read_summary
+from lstmdrop_jax.run_folder import (
+  RunFolder,
+  check_run_folder,
+  check_workdir,
+  create_run_folder,
+  read_summary,
+)
 from lstmdrop_jax.tasks import Task, make_task
 
-__all__ = ["Config", "main", "train_and_evaluate", "train_runs"]
+__all__ = ["Config", "train_and_evaluate", "train_runs"]
 
 
 def train_and_evaluate(
@@ -98,16 +97,20 @@ def train_runs(
     raise ValueError("two runs share a workdir; give each run its own folder")
   mesh = par.make_mesh()
   par.check_layout(parallel, mesh, runs=len(configs), batch_size=configs[0].batch_size)
-  if par.is_main_process():
-    for p, c in zip(paths, configs, strict=True):
-      prepare_run_folder(p, c.to_dict())
-  par.sync("run folders prepared")
-  summaries: list[dict | None] = [read_summary(p) for p in paths]
+  exists = [check_run_folder(p, c.to_dict()) for p, c in zip(paths, configs, strict=True)]
+  summaries = [read_summary(p) if e else None for p, e in zip(paths, exists, strict=True)]
   # Data parallel: train only the unfinished runs. Runs parallel: keep the
   # group whole (finished runs ride along frozen) so it still splits evenly.
   todo = [k for k, s in enumerate(summaries) if s is None or parallel == "runs"]
   if any(summaries[k] is None for k in todo):
-    group = _Group.compile([configs[k] for k in todo], mesh, parallel)
+    # The data first: a bad dataset or batch size fails before anything is written.
+    task = make_task([configs[k] for k in todo], devices=mesh.size)
+    if par.is_main_process():
+      for k in todo:
+        if not exists[k]:
+          create_run_folder(paths[k], configs[k].to_dict())
+    par.sync("run folders prepared")
+    group = _Group.compile(task, [configs[k] for k in todo], mesh, parallel)
     done = group.train(
       [paths[k] for k in todo],
       [summaries[k] is not None for k in todo],
@@ -176,10 +179,9 @@ class _Group:
   keys: Any = None  # the stacked dropout keys
 
   @classmethod
-  def compile(cls, configs: Sequence[Config], mesh, mode: str) -> _Group:
-    """Loads the data and builds the jitted epoch and evaluation functions."""
+  def compile(cls, task: Task, configs: Sequence[Config], mesh, mode: str) -> _Group:
+    """Builds the model and the jitted epoch and evaluation functions."""
     cfg = configs[0]
-    task = make_task(configs, devices=mesh.size)
     sh = par.shardings(mode, mesh)
     model = task.model_from(cfg, task.describe(0))
     tx = steps.make_optimizer(
@@ -299,10 +301,15 @@ class _Group:
         run.folder.log.append(record)
         continue
       run.status = "diverged"
+      good = run.folder.ckpt.latest_epoch()
+      kept = (
+        f"the last good checkpoint (epoch {good}) is kept"
+        if good is not None
+        else "no checkpoint was written before it"
+      )
       run.error = (
         f"non-finite training loss or parameters in epoch {run.epoch} of {run.folder.path}; "
-        f"the last good checkpoint (epoch {run.folder.ckpt.latest_epoch()}) is kept. Lower the "
-        "learning rate or clip gradients (--clip-norm)"
+        f"{kept}. Lower the learning rate or clip gradients (--clip-norm)"
       )
       run.folder.log.append({**record, "event": "diverged", "error": run.error})
       self.finish(run)
@@ -359,37 +366,7 @@ class _Group:
     run.folder.write_summary(summary)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  """Command-line entry point: ``python -m lstmdrop_jax.train --workdir DIR [flags]``."""
-  try:
-    args = tyro.cli(_Cli, args=argv, description=__doc__.split("\n\n")[0])
-    par.use_cpu_devices(args.cpu_devices)
-    keep_freed_host_memory()
-    par.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    summary = train_and_evaluate(args.config, args.workdir)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
-  print(json.dumps({k: summary[k] for k in ("status", "epochs", "best")}, indent=2))
-  return summary
+if __name__ == "__main__":  # python -m lstmdrop_jax.train: the command line (cli.py)
+  from lstmdrop_jax.cli import main
 
-
-@dataclasses.dataclass(frozen=True)
-class _Cli:
-  workdir: Path
-  """Run folder: created if absent, resumed if it holds this config."""
-  config: Annotated[Config, tyro.conf.arg(name="")] = Config()
-  coordinator: str | None = None
-  """Multi-host: host:port of process 0 (with --num-processes and --process-id).
-  Inside a SLURM allocation of several tasks these are read from SLURM."""
-  num_processes: int | None = None
-  """Multi-host: number of processes."""
-  process_id: int | None = None
-  """Multi-host: this process's index."""
-  cpu_devices: int | None = None
-  """CPU: present the CPU as this many JAX devices (e.g. one per core) and train
-  data parallel across them; the batch size must be a multiple of it."""
-
-
-if __name__ == "__main__":
   main()

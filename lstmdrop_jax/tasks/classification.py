@@ -46,6 +46,12 @@ class ClassificationTask:
       for r in self.configs
     ]
     ref = self.sets[0]
+    if c.batch_size > len(ref.train):
+      raise ValueError(
+        f"batch_size {c.batch_size} is larger than the training split of {c.dataset} "
+        f"({len(ref.train)} series after holding out val_fraction={c.val_fraction}); use "
+        f"--batch-size {len(ref.train)} or less"
+      )
     self.num_classes = ref.num_classes
     self.batch_size = c.batch_size
     self.steps_per_epoch = data_lib.num_batches(len(ref.train), c.batch_size)
