@@ -1,7 +1,42 @@
-"""Helpers shared by the test files."""
+"""Helpers shared by the test files, and one compilation cache for the whole test session."""
 
+import os
+import shutil
+import tempfile
+
+# Before JAX is imported anywhere: every program is compiled once per test
+# session, in this process and in the subprocesses the tests start (they
+# inherit the environment). The cache is new for each session.
+_CACHE = tempfile.mkdtemp(prefix="lstmdrop_jax_tests_")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+import json
+from pathlib import Path
+
+import jax
 import numpy as np
 import pytest
+
+from lstmdrop_jax.checkpoint import RunCheckpoints
+from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax.run_folder import read_jsonl
+from lstmdrop_jax.train import Config, train_and_evaluate
+
+#: A small run with every kind of write: 4 epochs, a checkpoint every 2 and at
+#: every better validation score (epochs 1, 3, 4), the last 2 kept.
+SMALL_RUN = Config(
+  dataset="synthetic",
+  hidden=8,
+  layers=2,
+  dropout=DropoutConfig(input=0.1, between=0.2, output=0.3),
+  epochs=4,
+  batch_size=16,
+  checkpoint_every=2,
+  keep_checkpoints=2,
+  learning_rate=3e-3,
+  unroll=1,
+)
 
 
 def _torch_layout_weights(seed=0, layers=2, F=5, H=7):
@@ -22,3 +57,56 @@ def _torch_layout_weights(seed=0, layers=2, F=5, H=7):
 def torch_weights():
   """``torch_weights(seed=0, layers=2, F=5, H=7)``: a random ``nn.LSTM`` state dict (numpy)."""
   return _torch_layout_weights
+
+
+def folder_state(workdir: Path) -> dict:
+  """Everything a run folder holds, but wall-clock times."""
+  out = {"files": sorted(p.name for p in workdir.iterdir())}
+  out["log"] = [
+    {k: v for k, v in r.items() if k != "time"} for r in read_jsonl(workdir / "metrics.jsonl")
+  ]
+  summary = json.loads((workdir / "summary.json").read_text())
+  summary.pop("wall_time_s")
+  out["summary"] = summary
+  ckpt = RunCheckpoints(workdir)
+  try:
+    for which in ("last", "best"):
+      steps = sorted(int(p.name) for p in (workdir / "checkpoints" / which).iterdir())
+      out[which] = steps  # a leftover temporary folder would fail int()
+      for epoch in steps:
+        state, meta = ckpt.restore(which=which, epoch=epoch)
+        meta.pop("elapsed")
+        out[f"{which}/{epoch}"] = (jax.tree.map(np.asarray, state), meta)
+  finally:
+    ckpt.close()
+  return out
+
+
+def _assert_same_folder(got: Path, want: Path) -> None:
+  """Two run folders hold the same files, log, summary and checkpoints (wall times aside)."""
+  a, b = folder_state(got), folder_state(want)
+  assert a.keys() == b.keys()
+  for k in a:
+    if "/" in k:  # a checkpoint: (state, meta)
+      jax.tree.map(np.testing.assert_array_equal, a[k][0], b[k][0])
+      assert a[k][1] == b[k][1], k
+    else:
+      assert a[k] == b[k], k
+
+
+@pytest.fixture
+def same_folder():
+  """``same_folder(got, want)``: asserts two run folders are the same (wall times aside)."""
+  return _assert_same_folder
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+  """``SMALL_RUN`` trained without interruption: the folder the fault tests must end at."""
+  workdir = tmp_path_factory.mktemp("reference") / "run"
+  train_and_evaluate(SMALL_RUN, workdir, progress=False)
+  return workdir
+
+
+def pytest_sessionfinish(session, exitstatus):
+  shutil.rmtree(_CACHE, ignore_errors=True)

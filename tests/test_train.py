@@ -15,9 +15,10 @@ import pytest
 
 from lstmdrop_jax import steps
 from lstmdrop_jax.checkpoint import RunCheckpoints
+from lstmdrop_jax.cli import main
 from lstmdrop_jax.dropout import DropoutConfig
 from lstmdrop_jax.run_folder import read_jsonl
-from lstmdrop_jax.train import Config, main, train_and_evaluate, train_runs
+from lstmdrop_jax.train import Config, train_and_evaluate, train_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,7 +151,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 def _cli(workdir, *extra):
   return [
       sys.executable, "-m", "lstmdrop_jax.train", "--workdir", str(workdir),
-      "--dataset", "synthetic", "--hidden", "24", "--epochs", "40", "--checkpoint-every", "3",
+      "--dataset", "synthetic", "--hidden", "12", "--epochs", "24", "--checkpoint-every", "3",
       "--dropout.output", "0.3", "--dropout.between", "0.2", "--unroll", "1", *extra,
   ]  # fmt: skip
 
