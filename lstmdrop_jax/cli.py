@@ -37,7 +37,9 @@ _USER_ERRORS = (ValueError, FloatingPointError, RunFolderError, OSError)
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Command-line entry point: ``python -m lstmdrop_jax.train --workdir DIR [flags]``."""
   try:
-    args = tyro.cli(_Cli, args=argv, prog=PROG, description=DESCRIPTION)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    default = _Cli(workdir=tyro.MISSING, config=_config_file(argv))
+    args = tyro.cli(_Cli, args=argv, prog=PROG, description=DESCRIPTION, default=default)
     par.use_cpu_devices(args.cpu_devices)
     keep_freed_host_memory()
     par.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
@@ -53,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not isinstance(e, _USER_ERRORS):
       raise
     _exit(f"error: {_one_line(e)}", 2)
-  print(json.dumps({k: summary[k] for k in ("status", "epochs", "best")}, indent=2))
+  shown = ("status", "epochs", "wall_time_s", "train_time_s", "best", "mc")
+  print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
   return summary
 
 
@@ -81,6 +84,30 @@ def _lost_peers(e: BaseException) -> bool:
   return any(word in str(x) for x in (e, _root(e)) for word in _PEER_GONE)
 
 
+def _config_file(argv: Sequence[str]) -> Config:
+  """The config of ``--config FILE`` in ``argv`` (the defaults without it); flags override it."""
+  path = None
+  for i, arg in enumerate(argv):
+    if arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    elif arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+  if path is None:
+    return Config()
+  try:
+    d = json.loads(Path(path).read_text())
+  except OSError as e:
+    raise ValueError(f"--config {path}: cannot read it ({e.strerror})") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"--config {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+  if not isinstance(d, dict):
+    raise ValueError(f"--config {path}: expected a JSON object of config fields")
+  try:
+    return Config.from_dict(d)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"--config {path}: {e}") from None
+
+
 def _one_line(e: BaseException) -> str:
   return " ".join(str(e).split()) or type(e).__name__
 
@@ -100,6 +127,9 @@ class _Cli:
   workdir: Path
   """Run folder: created if absent, resumed if it holds this config."""
   config: Annotated[Config, tyro.conf.arg(name="")] = Config()
+  config_file: Annotated[Path | None, tyro.conf.arg(name="config")] = None
+  """A JSON file of config fields to start from (a run folder's config.json re-runs
+  that run); the other flags override it."""
   coordinator: str | None = None
   """Multi-host: host:port of process 0 (with --num-processes and --process-id).
   Inside a SLURM allocation of several tasks these are read from SLURM."""

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from lstmdrop_jax.dropout import RATE_FIELDS, DropoutConfig
+from lstmdrop_jax.optim import ENDS_AT_LAST_EPOCH, SCHEDULES
 from lstmdrop_jax.tasks import task_type
 
 
@@ -56,11 +57,17 @@ class Config:
   optimizer: Literal["adam", "sgd"] = "adam"
   """Optimiser: Adam or plain SGD (Zaremba et al. use SGD)."""
   learning_rate: float = 1e-3
-  """Initial learning rate (decayed by lr_decay after decay_after epochs)."""
+  """Initial (peak, with warm-up) learning rate."""
+  schedule: Literal["constant", "step", "cosine", "warmup_cosine"] = "step"
+  """Learning-rate schedule: constant; step (divided by lr_decay per epoch after decay_after
+  epochs; constant with the default lr_decay 1); cosine decay to 0 over the run; linear
+  warm-up over warmup_epochs, then cosine decay to 0."""
   lr_decay: float = 1.0
-  """Divide the learning rate by this once per epoch after decay_after epochs."""
+  """Schedule 'step': divide the learning rate by this once per epoch after decay_after epochs."""
   decay_after: int = 0
-  """Epochs at the initial learning rate before the decay starts."""
+  """Schedule 'step': epochs at the initial learning rate before the decay starts."""
+  warmup_epochs: int = 0
+  """Schedule 'warmup_cosine': epochs of linear warm-up from 0."""
   clip_norm: float | None = 5.0
   """Clip gradients to this global norm (None: no clipping)."""
   weight_decay: float = 0.0
@@ -68,6 +75,9 @@ class Config:
   epochs: int = 100
   early_stopping: int = 0
   """Stop after this many epochs without a better validation score (0: never)."""
+  best_metric: Literal["auto", "val_accuracy", "val_loss"] = "auto"
+  """The validation score that picks the best checkpoint and drives early stopping (auto:
+  accuracy, ties broken by loss, for classifiers; loss for language models)."""
   seed: int = 0
   """Seeds the initialisation, the train/validation split, data order and dropout masks."""
 
@@ -83,8 +93,12 @@ class Config:
   keep_checkpoints: int = 2
   """How many of the latest checkpoints to keep (the best is kept besides)."""
 
-  def validate(self) -> None:
-    """Raises ``ValueError`` naming the first bad field and what to do."""
+  def validate(self, *, external_data: bool = False) -> None:
+    """Raises ``ValueError`` naming the first bad field and what to do.
+
+    ``external_data``: the data comes as arrays (``train_runs(..., data=)``),
+    so ``dataset`` is only its label.
+    """
     if not isinstance(self.dataset, str):
       raise ValueError(f"dataset must be a name, got {self.dataset!r}")
     positive = (
@@ -99,7 +113,7 @@ class Config:
       raise ValueError(
         f"unroll must be an integer >= 1 (or unset for the default), got {self.unroll}"
       )
-    for name in ("early_stopping", "mc_samples", "decay_after"):
+    for name in ("early_stopping", "mc_samples", "decay_after", "warmup_epochs"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
     if not 0.0 < self.val_fraction < 1.0:
@@ -110,6 +124,7 @@ class Config:
       raise ValueError(
         f"lr_decay divides the rate each epoch and must be >= 1, got {self.lr_decay}"
       )
+    self._validate_schedule()
     if self.clip_norm is not None and not self.clip_norm > 0:
       raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
     if self.weight_decay < 0:
@@ -117,7 +132,21 @@ class Config:
     if not isinstance(self.dropout, DropoutConfig):
       raise ValueError(f"dropout must be a DropoutConfig, got {type(self.dropout).__name__}")
     DropoutConfig(**self.to_dict()["dropout"])  # re-checks the rates
-    task_type(self.dataset).check_config(self)  # the dataset, and what its task allows
+    task = task_type(self.dataset, external_data=external_data)
+    task.check_config(self, external_data=external_data)  # the dataset; what its task allows
+
+  def _validate_schedule(self) -> None:
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+    if self.schedule != "step" and (self.lr_decay != 1.0 or self.decay_after):
+      raise ValueError(f"lr_decay and decay_after belong to schedule 'step', not {self.schedule!r}")
+    if self.warmup_epochs and self.schedule != "warmup_cosine":
+      raise ValueError("warmup_epochs needs --schedule warmup_cosine")
+    if self.schedule == "warmup_cosine" and not 0 < self.warmup_epochs < self.epochs:
+      raise ValueError(
+        f"schedule 'warmup_cosine' needs 0 < warmup_epochs < epochs ({self.epochs}), got "
+        f"{self.warmup_epochs}"
+      )
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready dict (``config.json``)."""
@@ -129,14 +158,59 @@ class Config:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> Config:
+    """The config of a ``to_dict`` (fields it lacks take their defaults).
+
+    Raises:
+      ValueError: unknown fields (the message names them).
+    """
     d = dict(d)
-    drop = dict(d.pop("dropout"))
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+      raise ValueError(f"unknown config fields {unknown}; see --help for the valid ones")
+    drop = dict(d.pop("dropout", {}))
     drop["time_locked"] = tuple(drop.get("time_locked", ()))
     return cls(**d, dropout=DropoutConfig(**drop))
 
 
 #: Fields that may differ between runs trained together (vmapped).
 PER_RUN_FIELDS = ("seed", "dropout")
+#: Fields that may change when a run is re-run in its folder: more epochs, or
+#: another early-stopping patience, extend it (``check_resume``).
+EXTENDABLE_FIELDS = ("epochs", "early_stopping")
+
+
+def check_resume(old: Config, new: Config) -> bool:
+  """Whether ``new`` may continue the run of ``old``: True if it extends it.
+
+  Raises:
+    ValueError: a field outside ``EXTENDABLE_FIELDS`` differs (the message
+      lists them), fewer epochs, or more epochs of a schedule that spans the
+      run's epochs.
+  """
+  a, b = old.to_dict(), new.to_dict()
+  diff = sorted(k for k in a if a[k] != b[k])
+  if not diff:
+    return False
+  fixed = [k for k in diff if k not in EXTENDABLE_FIELDS]
+  if fixed:
+    details = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in fixed[:6])
+    raise ValueError(
+      f"holds a run with a different config ({details}); re-run with the same config to "
+      f"resume it (only {', '.join(EXTENDABLE_FIELDS)} may change, to extend it), or choose "
+      "a new --workdir"
+    )
+  if new.epochs < old.epochs:
+    raise ValueError(
+      f"holds a run of {old.epochs} epochs; a run can be extended, not shortened (epochs "
+      f"{old.epochs} -> {new.epochs})"
+    )
+  if new.epochs != old.epochs and old.schedule in ENDS_AT_LAST_EPOCH:
+    raise ValueError(
+      f"holds a run with schedule {old.schedule!r}, which spans the run's {old.epochs} epochs: "
+      f"extending it to {new.epochs} would change the learning rate of epochs already "
+      "trained. Train the longer run in a new --workdir"
+    )
+  return True
 
 
 def check_stackable(configs: Sequence[Config]) -> None:
@@ -151,3 +225,26 @@ def check_stackable(configs: Sequence[Config]) -> None:
       raise ValueError(
         f"runs trained together may differ only in seed and dropout rates; these differ: {diff}"
       )
+
+
+def resume_kind(old: dict[str, Any] | None, new: Config, where: Any) -> str:
+  """What re-running ``new`` does to the run whose ``config.json`` is ``old``:
+  ``"new"`` (no run yet), ``"same"`` (resume it, or read it back) or ``"extend"``.
+
+  Raises:
+    ValueError: ``check_resume`` refuses (the message names ``where``), or
+      ``old`` is not a config of this version.
+  """
+  if old is None:
+    return "new"
+  try:
+    old_config = Config.from_dict(old)
+  except (TypeError, ValueError) as e:
+    raise ValueError(
+      f"{where}/config.json does not describe a run of this version ({e}); start the run "
+      "afresh in a new --workdir"
+    ) from None
+  try:
+    return "extend" if check_resume(old_config, new) else "same"
+  except ValueError as e:
+    raise ValueError(f"{str(where)!r} {e}") from None

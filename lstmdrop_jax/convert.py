@@ -211,3 +211,38 @@ def _num_layers(params: Mapping[str, Any]) -> int:
       "For a model pass variables['params']['lstm']"
     )
   return n
+
+
+def to_torch_classifier(params: Mapping[str, Any], num_features: int | None = None) -> dict:
+  """A ``SequenceClassifier``'s parameters -> the state dict of this PyTorch model::
+
+    class Classifier(torch.nn.Module):
+      def __init__(self, features, hidden, layers, outputs):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(features, hidden, layers, batch_first=True)
+        self.head = torch.nn.Linear(hidden, outputs)   # 1 for two classes (a sigmoid logit)
+
+      def forward(self, x):                             # [B, T, F], every series full length
+        y, _ = self.lstm(x)
+        return self.head(y[:, -1])                      # for padded series: the last valid step
+
+  Args:
+    params: ``variables['params']`` of a ``SequenceClassifier``.
+    num_features: checked against the first layer's input size when given.
+
+  Returns:
+    ``{'lstm.weight_ih_l0': ..., ..., 'head.weight' [outputs, H], 'head.bias' [outputs]}``
+    as numpy; load with ``model.load_state_dict({k: torch.from_numpy(v) ...})``.
+  """
+  if "lstm" not in params or "head" not in params:
+    raise ValueError(
+      f"expected a SequenceClassifier's params with 'lstm' and 'head', got {sorted(params)}"
+    )
+  out = to_torch_lstm(params["lstm"], prefix="lstm.")
+  if num_features is not None and out["lstm.weight_ih_l0"].shape[1] != num_features:
+    raise ValueError(
+      f"the classifier takes {out['lstm.weight_ih_l0'].shape[1]} features, not {num_features}"
+    )
+  out["head.weight"] = _np(params["head"]["kernel"]).T.copy()
+  out["head.bias"] = _np(params["head"]["bias"]).copy()
+  return out

@@ -3,6 +3,8 @@
 A run folder holds::
 
   config.json     the run's configuration (written once; guards reuse)
+  data.json       what the run trains on: classes or vocabulary, split sizes, the
+                  normalisation statistics, a fingerprint of your own arrays
   metrics.jsonl   one JSON object per log event (``MetricsLog``)
   checkpoints/    the last k checkpoints and the best (``checkpoint.py``)
   summary.json    written when the run ends
@@ -84,7 +86,7 @@ def read_json(path: Path, fix: str) -> Any:
 
 def _temp_files(folder: Path) -> list[Path]:
   """Temporary files that a write cut short by a kill left behind."""
-  names = (".config.json.", ".summary.json.", ".metrics.jsonl.")
+  names = (".config.json.", ".summary.json.", ".metrics.jsonl.", ".data.json.")
   return [p for p in folder.iterdir() if p.name.startswith(names) and p.name.endswith(".tmp")]
 
 
@@ -101,30 +103,21 @@ def check_workdir(workdir: str | os.PathLike) -> Path:
   return path
 
 
-def check_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> bool:
-  """Whether ``workdir`` already holds the run of ``config`` (False: a new run); writes nothing.
+def read_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
+  """The ``config.json`` of the run in ``workdir``, or None for a new run; writes nothing.
 
   Raises:
-    ValueError: the folder holds a run with another configuration (the
-      message lists the differing fields), is not a run folder, or
-      ``workdir`` is a file.
+    ValueError: the folder is not a run folder (not empty, no config.json),
+      or ``workdir`` is a file.
     RunFolderError: its ``config.json`` is damaged or unreadable.
   """
   path = check_workdir(workdir)
   cfg_path = path / "config.json"
   if cfg_path.exists():
-    old = read_json(
+    return read_json(
       cfg_path,
       "restore it (it holds the run's flags), or start the run afresh in a new --workdir",
     )
-    if old != config:
-      diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-      details = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
-      raise ValueError(
-        f"{str(path)!r} holds a run with a different config ({details}); re-run with the "
-        "same config to resume it, or choose a new --workdir"
-      )
-    return True
   if path.exists():
     with os_errors("list", path):
       foreign = [p for p in path.iterdir() if p not in _temp_files(path)]
@@ -133,7 +126,7 @@ def check_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> bool
         f"{str(path)!r} is not empty and holds no config.json; it is not a run folder of "
         "this project. Choose a new --workdir"
       )
-  return False
+  return None
 
 
 def create_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> Path:
@@ -147,16 +140,16 @@ def create_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> Pat
   return path
 
 
-def prepare_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> Path:
-  """Creates the run folder, or checks that it belongs to ``config``.
+def extend_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> None:
+  """Makes the run in ``workdir`` the run of ``config`` (more epochs, say).
 
-  Raises:
-    ValueError, RunFolderError: as ``check_run_folder``, and when the folder
-      cannot be created.
+  The summary goes first: a kill before the new ``config.json`` is written
+  leaves the old run unfinished, and either command then continues it.
   """
-  if check_run_folder(workdir, config):
-    return Path(workdir)
-  return create_run_folder(workdir, config)
+  path = Path(workdir)
+  with os_errors("remove the summary of the run being extended in", path):
+    (path / "summary.json").unlink(missing_ok=True)
+  write_json_atomic(path / "config.json", config)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -239,6 +232,27 @@ class RunFolder:
       with os_errors("clean up", self.path):
         for tmp in _temp_files(self.path):
           tmp.unlink()
+
+  def check_data(self, described: dict[str, Any]) -> None:
+    """Writes ``data.json`` on the first start; later, checks the run still sees that data.
+
+    Raises:
+      ValueError: the classes, normalisation or arrays differ from the ones
+        the run started with.
+    """
+    path = self.path / "data.json"
+    if not path.exists():
+      if self.write:
+        write_json_atomic(path, described)
+      return
+    old = read_json(path, "delete it: it is rewritten from the data on the next start")
+    keys = ("classes", "vocab_size", "normalizer", "fingerprint")
+    diff = [k for k in keys if old.get(k) != described.get(k)]
+    if diff:
+      raise ValueError(
+        f"{self.path} was trained on other data: its {', '.join(diff)} differ from the data "
+        "given now. Train on the same data to resume it, or choose a new --workdir"
+      )
 
   def resume(self, template: Any) -> tuple[Any, dict[str, Any]] | None:
     """The newest intact checkpoint's ``(state, meta)``, or None for a fresh start.

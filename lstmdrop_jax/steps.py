@@ -74,66 +74,6 @@ def create_train_state(
   )
 
 
-# --- learning-rate schedules and optimisers ---------------------------------
-
-
-def lr_at_epoch(learning_rate: float, epoch: int, lr_decay: float, decay_after: int) -> float:
-  """Learning rate of 1-based ``epoch``: divided by ``lr_decay`` once per epoch after
-  ``decay_after`` epochs (Zaremba et al.: ``lr / decay ** max(epoch - decay_after, 0)``)."""
-  return learning_rate / lr_decay ** max(epoch - decay_after, 0)
-
-
-def epoch_decay_schedule(
-  learning_rate: float, steps_per_epoch: int, lr_decay: float = 1.0, decay_after: int = 0
-) -> optax.Schedule:
-  """``lr_at_epoch`` as an optax schedule over steps (constant when ``lr_decay == 1``)."""
-
-  def schedule(step):
-    epoch = step // steps_per_epoch + 1
-    return learning_rate / lr_decay ** jnp.maximum(epoch - decay_after, 0).astype(jnp.float32)
-
-  return schedule
-
-
-def make_optimizer(
-  name: str,
-  learning_rate: float,
-  *,
-  steps_per_epoch: int,
-  lr_decay: float = 1.0,
-  decay_after: int = 0,
-  clip_norm: float | None = None,
-  weight_decay: float = 0.0,
-  momentum: float = 0.0,
-) -> optax.GradientTransformation:
-  """Adam or SGD with an epoch-wise decay schedule and global-norm clipping.
-
-  Args:
-    name: ``"adam"`` or ``"sgd"``.
-    learning_rate: initial learning rate.
-    steps_per_epoch: updates per epoch (the schedule counts epochs).
-    lr_decay: divide the rate by this once per epoch after ``decay_after``.
-    decay_after: epochs at the initial rate.
-    clip_norm: clip gradients to this global norm (None: no clipping).
-    weight_decay: decoupled weight decay (AdamW for adam; added to the
-      gradient for SGD).
-    momentum: SGD momentum.
-  """
-  schedule = epoch_decay_schedule(learning_rate, steps_per_epoch, lr_decay, decay_after)
-  if name == "adam":
-    opt = optax.adamw(schedule, weight_decay=weight_decay) if weight_decay else optax.adam(schedule)
-  elif name == "sgd":
-    opt = optax.chain(
-      optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
-      optax.sgd(schedule, momentum=momentum or None),
-    )
-  else:
-    raise ValueError(f"unknown optimizer {name!r}; valid names are ['adam', 'sgd']")
-  if clip_norm is None:
-    return opt
-  return optax.chain(optax.clip_by_global_norm(clip_norm), opt)
-
-
 # --- losses -----------------------------------------------------------------
 
 

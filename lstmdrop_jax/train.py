@@ -31,14 +31,16 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from lstmdrop_jax import optim, steps
 from lstmdrop_jax import parallel as par
-from lstmdrop_jax import steps
-from lstmdrop_jax.config import Config, check_stackable
+from lstmdrop_jax.config import Config, check_stackable, resume_kind
+from lstmdrop_jax.data import ArrayData
 from lstmdrop_jax.run_folder import (
   RunFolder,
-  check_run_folder,
   check_workdir,
   create_run_folder,
+  extend_run_folder,
+  read_config,
   read_summary,
 )
 from lstmdrop_jax.tasks import Task, make_task
@@ -47,19 +49,20 @@ __all__ = ["Config", "train_and_evaluate", "train_runs"]
 
 
 def train_and_evaluate(
-  config: Config, workdir: str | Path, *, progress: bool = True
+  config: Config, workdir: str | Path, *, progress: bool = True, data: ArrayData | None = None
 ) -> dict[str, Any]:
   """Trains one run in ``workdir`` (resuming it if it exists) and returns its summary.
 
   Data parallel over every device (one device: plain training); see
-  ``parallel.py``.
+  ``parallel.py``. ``data``: your own ``ArrayData`` (``config.dataset`` is
+  then only its label); a resumed run checks that it is the same data.
 
   Raises:
     ValueError: a bad config, or ``workdir`` holds another config.
     FloatingPointError: the loss or the parameters became non-finite; the
       last good checkpoint is kept.
   """
-  summary = train_runs([config], [workdir], progress=progress)[0]
+  summary = train_runs([config], [workdir], progress=progress, data=data)[0]
   if summary["status"] == "diverged":
     raise FloatingPointError(summary["error"])
   return summary
@@ -71,6 +74,7 @@ def train_runs(
   *,
   progress: bool = True,
   parallel: str = "data",
+  data: ArrayData | None = None,
 ) -> list[dict[str, Any]]:
   """Trains K runs together (one vmapped step), each in its own run folder.
 
@@ -78,43 +82,51 @@ def train_runs(
   ``dropout.time_locked``). Finished runs are read back, not retrained.
   ``parallel`` says how the devices share the work: ``"data"`` splits every
   batch over them, ``"runs"`` gives each device whole runs (K must be a
-  multiple of the device count); see ``parallel.py``.
+  multiple of the device count); see ``parallel.py``. ``data``: your own
+  ``ArrayData`` for every run (each run splits off its validation series by
+  its seed unless the arrays give a validation split).
 
   Returns:
     One summary per run, in order. A run whose loss became non-finite has
     ``status == 'diverged'`` and an ``error``; its folder keeps its last
     good checkpoint.
   """
+  started = time.perf_counter()
   if not configs or len(configs) != len(workdirs):
     raise ValueError(
       f"need one workdir per config, got {len(configs)} configs and {len(workdirs)} workdirs"
     )
   for c in configs:
-    c.validate()
+    c.validate(external_data=data is not None)
   check_stackable(configs)
   paths = [check_workdir(w).absolute() for w in workdirs]
   if len(set(paths)) != len(paths):
     raise ValueError("two runs share a workdir; give each run its own folder")
   mesh = par.make_mesh()
   par.check_layout(parallel, mesh, runs=len(configs), batch_size=configs[0].batch_size)
-  exists = [check_run_folder(p, c.to_dict()) for p, c in zip(paths, configs, strict=True)]
-  summaries = [read_summary(p) if e else None for p, e in zip(paths, exists, strict=True)]
+  folders = [resume_kind(read_config(p), c, p) for p, c in zip(paths, configs, strict=True)]
+  summaries = [
+    read_summary(p) if f == "same" else None for p, f in zip(paths, folders, strict=True)
+  ]
   # Data parallel: train only the unfinished runs. Runs parallel: keep the
   # group whole (finished runs ride along frozen) so it still splits evenly.
   todo = [k for k, s in enumerate(summaries) if s is None or parallel == "runs"]
   if any(summaries[k] is None for k in todo):
     # The data first: a bad dataset or batch size fails before anything is written.
-    task = make_task([configs[k] for k in todo], devices=mesh.size)
+    task = make_task([configs[k] for k in todo], devices=mesh.size, data=data)
     if par.is_main_process():
       for k in todo:
-        if not exists[k]:
+        if folders[k] == "new":
           create_run_folder(paths[k], configs[k].to_dict())
+        elif folders[k] == "extend":
+          extend_run_folder(paths[k], configs[k].to_dict())
     par.sync("run folders prepared")
     group = _Group.compile(task, [configs[k] for k in todo], mesh, parallel)
     done = group.train(
       [paths[k] for k in todo],
       [summaries[k] is not None for k in todo],
       progress=progress and par.is_main_process(),
+      started=started,
     )
     for k, s in zip(todo, done, strict=True):
       summaries[k] = s
@@ -132,12 +144,16 @@ class _Run:
   template: Any  # a fresh state: the structure checkpoints restore into
   epoch: int = 0
   best: dict[str, Any] | None = None
-  elapsed: float = 0.0
+  elapsed: float = 0.0  # seconds in training epochs
+  wall: float = 0.0  # seconds of wall clock up to the start of this invocation
   status: str = "running"
   error: str | None = None
+  started: float = 0.0  # time.perf_counter() when this invocation began
+  latest: dict[str, Any] | None = None  # the last training record
 
   def meta(self) -> dict[str, Any]:
-    return {"epoch": self.epoch, "best": self.best, "elapsed": self.elapsed}
+    wall = self.wall + time.perf_counter() - self.started
+    return {"epoch": self.epoch, "best": self.best, "elapsed": self.elapsed, "wall": wall}
 
   def check_done(self) -> None:
     """Marks the run finished (all epochs) or early-stopped (no recent improvement)."""
@@ -184,15 +200,7 @@ class _Group:
     cfg = configs[0]
     sh = par.shardings(mode, mesh)
     model = task.model_from(cfg, task.describe(0))
-    tx = steps.make_optimizer(
-      cfg.optimizer,
-      cfg.learning_rate,
-      steps_per_epoch=task.steps_per_epoch,
-      lr_decay=cfg.lr_decay,
-      decay_after=cfg.decay_after,
-      clip_norm=cfg.clip_norm,
-      weight_decay=cfg.weight_decay,
-    )
+    tx = optim.optimizer_of(cfg, task.steps_per_epoch)
     train_epoch = steps.make_train_epoch(model, tx, task.objective)
 
     def run_epoch(state, batches, key_data, active):
@@ -209,7 +217,7 @@ class _Group:
     eval_sharding = sh["eval"] if task.eval_splittable or mode == "runs" else sh["replicated"]
     return cls(configs, task, model, tx, sh, epoch_fn, eval_fn, eval_sharding)
 
-  def open_runs(self, paths: Sequence[Path], finished: Sequence[bool]) -> None:
+  def open_runs(self, paths: Sequence[Path], finished: Sequence[bool], started: float) -> None:
     """Restores each run from its latest checkpoint, or starts it, and stacks the states."""
     states, keys = [], []
     for c, p, done in zip(self.configs, paths, finished, strict=True):
@@ -219,12 +227,14 @@ class _Group:
         model, self.tx, init_key, self.task.sample_x, self.task.objective
       )
       folder = RunFolder(p, keep=c.keep_checkpoints, write=par.is_main_process())
-      run = _Run(c, folder, len(self.runs), fresh)
+      run = _Run(c, folder, len(self.runs), fresh, started=started)
+      folder.check_data(self.task.describe(run.index))
       restored = folder.resume(fresh)
       state = fresh
       if restored is not None:
         state, meta = restored
         run.epoch, run.best, run.elapsed = meta["epoch"], meta["best"], meta["elapsed"]
+        run.wall = meta.get("wall", meta["elapsed"])
       if done:  # finished earlier; trained along frozen (parallel="runs")
         run.status = "done"
       elif run.epoch == 0:
@@ -239,9 +249,14 @@ class _Group:
     self.states = par.put(jax.device_get(_stack(states)), self.shardings["state"])
     self.keys = par.put(np.stack(jax.device_get(keys)), self.shardings["state"])
 
-  def train(self, paths: Sequence[Path], finished: Sequence[bool], *, progress: bool) -> list:
-    """Trains every run of the group to its end; returns their summaries."""
-    self.open_runs(paths, finished)
+  def train(
+    self, paths: Sequence[Path], finished: Sequence[bool], *, progress: bool, started: float
+  ) -> list:
+    """Trains every run of the group to its end; returns their summaries.
+
+    ``started``: ``time.perf_counter()`` when the call began (wall times count from it).
+    """
+    self.open_runs(paths, finished, started)
     eval_batches = {s: par.put(b, self.eval_sharding) for s, b in self.task.eval_batches().items()}
     bar = tqdm(
       total=sum(c.epochs for c in self.configs),
@@ -249,6 +264,7 @@ class _Group:
       desc=f"{self.configs[0].dataset} x{len(self.runs)}",
       unit="epoch",
       file=sys.stderr,
+      # Redirected to a file: at most a line every 30 s.
       mininterval=0.5 if sys.stderr.isatty() else 30.0,
       disable=not progress,
     )
@@ -265,7 +281,8 @@ class _Group:
         evals = self.evaluate(trained, eval_batches)
         for k in trained:
           self.end_epoch(self.runs[k], evals)
-        bar.set_postfix_str(self.task.postfix([r.best for r in self.runs]))
+        latest = [r.latest for r in self.runs]
+        bar.set_postfix_str(self.task.postfix(latest, [r.best for r in self.runs]), refresh=False)
     finally:
       bar.close()
       for r in self.runs:
@@ -297,6 +314,7 @@ class _Group:
       m = {n: float(v[k]) for n, v in metrics.items()}
       record = {"epoch": run.epoch, "step": run.epoch * steps_per_epoch, "time": run.elapsed}
       record.update(self.task.train_record(m, run.config, run.epoch))
+      run.latest = record
       if m["finite"]:
         run.folder.log.append(record)
         continue
@@ -352,7 +370,8 @@ class _Group:
       "status": run.status,
       "epochs": run.epoch,
       "steps": run.epoch * self.task.steps_per_epoch,
-      "wall_time_s": run.elapsed,
+      "wall_time_s": run.meta()["wall"],  # start-up, evaluation and saving included
+      "train_time_s": run.elapsed,
       "final": evals[-1] if evals else None,
       "best": run.best,
       "device": jax.devices()[0].device_kind,

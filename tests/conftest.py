@@ -67,6 +67,7 @@ def folder_state(workdir: Path) -> dict:
   ]
   summary = json.loads((workdir / "summary.json").read_text())
   summary.pop("wall_time_s")
+  summary.pop("train_time_s")
   out["summary"] = summary
   ckpt = RunCheckpoints(workdir)
   try:
@@ -76,6 +77,7 @@ def folder_state(workdir: Path) -> dict:
       for epoch in steps:
         state, meta = ckpt.restore(which=which, epoch=epoch)
         meta.pop("elapsed")
+        meta.pop("wall")
         out[f"{which}/{epoch}"] = (jax.tree.map(np.asarray, state), meta)
   finally:
     ckpt.close()

@@ -13,45 +13,6 @@ from lstmdrop_jax.run_folder import read_jsonl
 
 PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
 
-# Zaremba et al.'s learning rate by epoch, written out from their table:
-# small: halved each epoch after epoch 4 (13 epochs); medium: divided by 1.2
-# after epoch 6 (39); large: divided by 1.15 after epoch 14 (55).
-ZAREMBA_LR = {
-  "small": [1.0] * 4 + [0.5**k for k in range(1, 10)],
-  "medium": [1.0] * 6 + [1.2**-k for k in range(1, 34)],
-  "large": [1.0] * 14 + [1.15**-k for k in range(1, 42)],
-}
-
-
-@pytest.mark.parametrize("name", ["small", "medium", "large"])
-def test_schedule_reproduces_zaremba_table(name):
-  import experiments.ptb_zaremba as exp
-
-  cfg = exp.zaremba(name, str(PTB))
-  want = ZAREMBA_LR[name]
-  assert cfg.epochs == len(want)
-  got = [
-    steps.lr_at_epoch(cfg.learning_rate, e, cfg.lr_decay, cfg.decay_after)
-    for e in range(1, cfg.epochs + 1)
-  ]
-  np.testing.assert_allclose(got, want, rtol=1e-12)
-  # The optax schedule gives the same rate at every step of each epoch.
-  spe = 7
-  sched = steps.epoch_decay_schedule(cfg.learning_rate, spe, cfg.lr_decay, cfg.decay_after)
-  per_step = np.asarray(jax.vmap(sched)(jnp.arange(spe * cfg.epochs)))
-  np.testing.assert_allclose(per_step, np.repeat(want, spe), rtol=1e-5)  # float32
-
-
-def test_optimizer_clips_by_global_norm_and_rejects_unknown_names():
-  tx = steps.make_optimizer("sgd", 1.0, steps_per_epoch=1, clip_norm=0.5)
-  params = {"w": jnp.zeros(4)}
-  updates, _ = tx.update({"w": jnp.full(4, 10.0)}, tx.init(params), params)
-  np.testing.assert_allclose(optax.tree.norm(updates), 0.5, rtol=1e-6)
-  with pytest.raises(
-    ValueError, match=r"unknown optimizer 'adagrad'; valid names are \['adam', 'sgd'\]"
-  ):
-    steps.make_optimizer("adagrad", 1.0, steps_per_epoch=1)
-
 
 def test_classification_metrics_binary_and_multiclass():
   logits = jnp.array([2.0, -1.0, 0.5, 3.0])
@@ -71,7 +32,7 @@ def test_train_step_is_pure_and_changes_every_parameter():
   model = SequenceClassifier(
     hidden=6, layers=2, dropout=DropoutConfig(0.2, 0.2, 0.2, recurrent=0.1, weight=0.1), unroll=1
   )
-  tx = steps.make_optimizer("adam", 1e-2, steps_per_epoch=1)
+  tx = optax.adam(1e-2)
   x = jax.random.normal(jax.random.key(0), (8, 5, 3))
   batch = {"x": x, "y": jnp.arange(8) % 2, "mask": jnp.ones(8, bool)}
   state = steps.create_train_state(model, tx, jax.random.key(1), x, steps.CLASSIFIER)

@@ -7,6 +7,9 @@ Classification (``[N, T, F]`` series, one label each):
 * UCR/UEA through aeon: the bundled ``BUNDLED`` datasets load offline; any
   other name aeon knows loads from ``.ts`` files under ``data_dir``.
 
+* Your own arrays: ``ArrayData`` in Python, or an ``.npz`` file of them
+  (``arrays.py``; ``--dataset path/to/file.npz``).
+
 ``load_dataset(name, seed=...)`` returns a ``Dataset`` whose official train
 split is split again into train/val by ``seed``; ``train_batches`` and
 ``eval_batches`` turn a ``Split`` into static-shape batches.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import difflib
 import os
 
+from lstmdrop_jax.data.arrays import ArrayData
 from lstmdrop_jax.data.batching import (
   Dataset,
   Split,
@@ -42,6 +46,7 @@ __all__ = [
   "BUNDLED",
   "DATASETS",
   "TEXT_DATASETS",
+  "ArrayData",
   "Dataset",
   "Split",
   "check_dataset_name",
@@ -78,6 +83,13 @@ def check_dataset_name(name: str, data_dir: str | None = None) -> None:
     raise ValueError(f"dataset name must be a string, got {name!r}")
   if name in DATASETS:
     return
+  if name.endswith(".npz"):
+    if not os.path.isfile(os.path.expanduser(name)):
+      raise ValueError(
+        f"dataset file {name!r} not found; --dataset takes a dataset name or the path of an "
+        ".npz file of arrays (keys: x, y[, lengths, x_val, y_val, x_test, y_test, classes])"
+      )
+    return
   if data_dir is not None:
     from lstmdrop_jax.data.ucr import has_ts_files
 
@@ -98,7 +110,12 @@ def check_dataset_name(name: str, data_dir: str | None = None) -> None:
 
 
 def load_dataset(
-  name: str, *, seed: int, val_fraction: float = 0.3, data_dir: str | None = None
+  name: str,
+  *,
+  seed: int,
+  val_fraction: float = 0.3,
+  data_dir: str | None = None,
+  arrays: ArrayData | None = None,
 ) -> Dataset:
   """Loads a classification dataset by name.
 
@@ -110,6 +127,8 @@ def load_dataset(
     val_fraction: share of the official train split held out, in ``(0, 1)``.
     data_dir: folder of ``<name>/<name>_{TRAIN,TEST}.ts`` files for datasets
       aeon does not bundle.
+    arrays: your own data (``name`` is then only its label); a ``name``
+      ending in ``.npz`` reads the arrays from that file.
 
   Raises:
     ValueError: an unknown name (the message lists the valid ones) or a bad
@@ -117,7 +136,13 @@ def load_dataset(
     FileNotFoundError: a known but not bundled dataset missing from ``data_dir``.
   """
   check_val_fraction(val_fraction)
+  if arrays is not None:
+    return arrays.dataset(name, seed=seed, val_fraction=val_fraction)
   check_dataset_name(name, data_dir)
+  if name.endswith(".npz"):
+    return ArrayData.from_npz(os.path.expanduser(name)).dataset(
+      name, seed=seed, val_fraction=val_fraction
+    )
   if name == "synthetic":
     from lstmdrop_jax.data.synthetic import make_synthetic
 

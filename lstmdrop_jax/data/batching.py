@@ -16,6 +16,7 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -74,18 +75,28 @@ class Dataset:
     name: the dataset's name (``"synthetic"``, ``"GunPoint"``, ...).
     train: the split models are fitted on.
     val: held out from the official train split, for curves and early stopping.
-    test: the official test split, reported separately.
+    test: the official test split, reported separately (None: the data has none).
     classes: class id ``i`` stands for the original label ``classes[i]``.
+    normalizer: the ``normalize.Normalizer`` fitted on ``train`` and applied to
+      every split, or None when the data is used as it comes.
+    fingerprint: identifies the data a run was trained on (checked on resume).
   """
 
   name: str
   train: Split
   val: Split
-  test: Split
+  test: Split | None
   classes: tuple[str, ...]
+  normalizer: Any = None
+  fingerprint: str = ""
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    """The evaluation splits this dataset has: train, val and (if any) test."""
+    return ("train", "val") if self.test is None else ("train", "val", "test")
 
   def __post_init__(self):
-    shapes = {s: getattr(self, s).x.shape[1:] for s in ("train", "val", "test")}
+    shapes = {s: getattr(self, s).x.shape[1:] for s in self.splits}
     if len(set(shapes.values())) != 1:
       raise ValueError(f"all splits must share [T, F], got {shapes}")
     object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))

@@ -19,10 +19,9 @@ import os
 
 import numpy as np
 
+from lstmdrop_jax.data.arrays import label_order
 from lstmdrop_jax.data.batching import Dataset, Split, check_val_fraction, stratified_split
-
-# Channels whose train std is below this are centred but not scaled (constant inputs).
-_MIN_STD = 1e-8
+from lstmdrop_jax.data.normalize import Normalizer
 
 
 def bundled_dir() -> str:
@@ -91,41 +90,40 @@ def _pad(series: list[np.ndarray], T: int) -> tuple[np.ndarray, np.ndarray]:
   return x_NTC, np.array([len(s) for s in series], np.int32)
 
 
-def _label_order(labels) -> list[str]:
-  """Sorted labels; numerically when all are numbers, so "10" follows "9"."""
-  labels = sorted(set(labels))
-  try:
-    return sorted(labels, key=lambda s: (float(s), s))
-  except ValueError:
-    return labels
+def load_raw(name: str, extract_path: str | None = None) -> tuple[dict[str, Split], list[str]]:
+  """The official train and test splits as read (not normalised), and the class names.
 
+  Both splits are padded to the longest series of either; ``lengths`` is None
+  unless some series is shorter. Class id ``i`` is label ``classes[i]``,
+  labels sorted (numerically when all are numbers).
 
-def _valid_NT(split: Split) -> np.ndarray:
-  N, T, _ = split.x.shape
-  if split.lengths is None:
-    return np.ones((N, T), bool)
-  return np.arange(T)[None, :] < split.lengths[:, None]
-
-
-def znormalise(train: Split, *others: Split) -> tuple[Split, ...]:
-  """Per-channel z-normalisation fitted on ``train``'s valid steps.
-
-  Padding is excluded from the statistics and stays zero in every split.
-
-  Returns:
-    ``(train, *others)`` normalised with the train mean and std.
+  Raises:
+    FileNotFoundError: the dataset is neither bundled nor under ``extract_path``.
+    ValueError: a test label absent from the train split, or missing values.
   """
-  valid_NT = _valid_NT(train)
-  x_VC = train.x[valid_NT].astype(np.float64)
-  mean_C = x_VC.mean(0)
-  std_C = x_VC.std(0)
-  std_C = np.where(std_C < _MIN_STD, 1.0, std_C)
-  out = []
-  for split in (train, *others):
-    x = (split.x - mean_C) / std_C
-    x = np.where(_valid_NT(split)[..., None], x, 0.0)
-    out.append(Split(x.astype(np.float32), split.y, split.lengths))
-  return tuple(out)
+  path = _source(name, extract_path)
+  from aeon.datasets import load_classification
+
+  raw = {}
+  for split in ("train", "test"):
+    X, labels = load_classification(name, split=split, extract_path=path)
+    raw[split] = (_channels_last(X, name, split), [str(v) for v in labels])
+
+  classes = label_order(raw["train"][1])
+  ids = {c: i for i, c in enumerate(classes)}
+  unseen = sorted(set(raw["test"][1]) - set(ids))
+  if unseen:
+    raise ValueError(
+      f"{name}: test labels {unseen} never occur in the train split (labels {classes})"
+    )
+  T = max(len(s) for series, _ in raw.values() for s in series)
+  ragged = any(len(s) != T for series, _ in raw.values() for s in series)
+  splits = {}
+  for split, (series, labels) in raw.items():
+    x_NTC, lengths_N = _pad(series, T)
+    y_N = np.array([ids[v] for v in labels], np.int32)
+    splits[split] = Split(x_NTC, y_N, lengths_N if ragged else None)
+  return splits, classes
 
 
 def load_ucr(
@@ -154,32 +152,16 @@ def load_ucr(
       train split, or missing values.
   """
   val_fraction = check_val_fraction(val_fraction)
-  path = _source(name, extract_path)
-  from aeon.datasets import load_classification
-
-  raw = {}
-  for split in ("train", "test"):
-    X, labels = load_classification(name, split=split, extract_path=path)
-    raw[split] = (_channels_last(X, name, split), [str(v) for v in labels])
-
-  classes = _label_order(raw["train"][1])
-  ids = {c: i for i, c in enumerate(classes)}
-  unseen = sorted(set(raw["test"][1]) - set(ids))
-  if unseen:
-    raise ValueError(
-      f"{name}: test labels {unseen} never occur in the train split (labels {classes})"
-    )
-  T = max(len(s) for series, _ in raw.values() for s in series)
-  ragged = any(len(s) != T for series, _ in raw.values() for s in series)
-  splits = {}
-  for split, (series, labels) in raw.items():
-    x_NTC, lengths_N = _pad(series, T)
-    y_N = np.array([ids[v] for v in labels], np.int32)
-    splits[split] = Split(x_NTC, y_N, lengths_N if ragged else None)
-
+  splits, classes = load_raw(name, extract_path)
   official = splits["train"]
   train_idx, val_idx = stratified_split(official.y, val_fraction, seed)
-  train, val, test = znormalise(
-    official.subset(train_idx), official.subset(val_idx), splits["test"]
+  train = official.subset(train_idx)
+  norm = Normalizer.fit(train)
+  return Dataset(
+    name=name,
+    train=norm.apply(train),
+    val=norm.apply(official.subset(val_idx)),
+    test=norm.apply(splits["test"]),
+    classes=tuple(classes),
+    normalizer=norm,
   )
-  return Dataset(name=name, train=train, val=val, test=test, classes=tuple(classes))

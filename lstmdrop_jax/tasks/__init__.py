@@ -53,8 +53,9 @@ class Task(Protocol):
   eval_splittable: ClassVar[bool]
 
   @classmethod
-  def check_config(cls, config: Any) -> None:
-    """Raises ``ValueError`` for a config this task cannot train (before any data loads)."""
+  def check_config(cls, config: Any, *, external_data: bool = False) -> None:
+    """Raises ``ValueError`` for a config this task cannot train (before any data loads);
+    ``external_data``: the data comes as arrays, not by the config's dataset name."""
 
   @classmethod
   def model_from(cls, config: Any, described: Record) -> nn.Module:
@@ -78,17 +79,17 @@ class Task(Protocol):
   def better(self, record: Record, best: Record) -> bool:
     """Whether evaluation ``record`` beats ``best`` (early stopping, best checkpoint)."""
 
-  def postfix(self, bests: Sequence[Record | None]) -> str:
-    """A short progress-bar text from each run's best record."""
+  def postfix(self, latest: Sequence[Record | None], bests: Sequence[Record | None]) -> str:
+    """A short progress-bar text from each run's latest training and best evaluation records."""
 
   def mc_evaluate(self, model: nn.Module, state: steps.TrainState, k: int) -> Record:
     """Scores run ``k``'s ``state`` with Monte-Carlo dropout (summary entries)."""
 
 
-def task_type(dataset: str) -> type[Task]:
+def task_type(dataset: str, *, external_data: bool = False) -> type[Task]:
   """The task that trains on ``dataset``: language modelling for text corpora,
-  classification otherwise."""
-  if data_lib.is_text_dataset(dataset):
+  classification otherwise (and always for your own arrays, ``external_data``)."""
+  if data_lib.is_text_dataset(dataset) and not external_data:
     from lstmdrop_jax.tasks.language_model import LanguageModelTask
 
     return LanguageModelTask
@@ -97,12 +98,14 @@ def task_type(dataset: str) -> type[Task]:
   return ClassificationTask
 
 
-def make_task(configs: Sequence[Any], *, devices: int = 1) -> Task:
+def make_task(configs: Sequence[Any], *, devices: int = 1, data: Any = None) -> Task:
   """Loads the data of a group of runs (configs that differ only per run).
 
-  ``devices``: evaluation batches are padded to a multiple of it.
+  ``devices``: evaluation batches are padded to a multiple of it. ``data``:
+  your own ``ArrayData`` instead of the configs' dataset name.
   """
-  return task_type(configs[0].dataset)(configs, devices=devices)
+  kind = task_type(configs[0].dataset, external_data=data is not None)
+  return kind(configs, devices=devices, data=data)
 
 
 def build_model(config: Any, described: Record) -> nn.Module:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstmdrop_jax import data as data_lib
-from lstmdrop_jax import steps
+from lstmdrop_jax import optim, steps
 from lstmdrop_jax.models import SequenceClassifier
 from lstmdrop_jax.tasks import stack
 
@@ -28,20 +28,24 @@ class ClassificationTask:
   eval_splittable = True
 
   @classmethod
-  def check_config(cls, config: Any) -> None:
-    data_lib.check_dataset_name(config.dataset, config.data_dir)
+  def check_config(cls, config: Any, *, external_data: bool = False) -> None:
+    if not external_data:
+      data_lib.check_dataset_name(config.dataset, config.data_dir)
     if float(config.dropout.embedding) != 0.0:
       raise ValueError(
         "dropout.embedding drops whole words and applies to language models "
         f"(datasets {', '.join(data_lib.TEXT_DATASETS)}) only; use dropout.input on features"
       )
 
-  def __init__(self, configs: Sequence[Any], *, devices: int = 1):
+  def __init__(self, configs: Sequence[Any], *, devices: int = 1, data: Any = None):
+    """``data``: your own ``ArrayData`` (the configs' ``dataset`` is then its label)."""
     self.configs = list(configs)
     c = self.configs[0]
+    if data is None and c.dataset.endswith(".npz"):  # read once for every run
+      data = data_lib.ArrayData.from_npz(c.dataset)
     self.sets = [
       data_lib.load_dataset(
-        c.dataset, seed=r.seed, val_fraction=c.val_fraction, data_dir=c.data_dir
+        c.dataset, seed=r.seed, val_fraction=c.val_fraction, data_dir=c.data_dir, arrays=data
       )
       for r in self.configs
     ]
@@ -56,7 +60,7 @@ class ClassificationTask:
     self.batch_size = c.batch_size
     self.steps_per_epoch = data_lib.num_batches(len(ref.train), c.batch_size)
     self.sample_x = np.zeros((c.batch_size, ref.length, ref.num_features), np.float32)
-    bs = min(c.eval_batch_size, max(len(ref.train), len(ref.val), len(ref.test)))
+    bs = min(c.eval_batch_size, max(len(getattr(ref, s)) for s in ref.splits))
     self._eval_bs = -(-bs // devices) * devices  # padded rows are masked
 
   @classmethod
@@ -78,9 +82,11 @@ class ClassificationTask:
       "classes": list(d.classes),
       "n_train": len(d.train),
       "n_val": len(d.val),
-      "n_test": len(d.test),
+      "n_test": None if d.test is None else len(d.test),
       "length": d.length,
       "features": d.num_features,
+      **({"normalizer": d.normalizer.to_dict()} if d.normalizer is not None else {}),
+      **({"fingerprint": d.fingerprint} if d.fingerprint else {}),
     }
 
   def train_epoch_batches(self, epochs: Sequence[int]) -> dict[str, np.ndarray]:
@@ -96,7 +102,7 @@ class ClassificationTask:
       split: stack(
         [stack(data_lib.eval_batches(getattr(d, split), self._eval_bs)) for d in self.sets]
       )
-      for split in ("train", "val", "test")
+      for split in self.sets[0].splits
     }
 
   def train_record(self, m: dict[str, float], config: Any, epoch: int) -> dict[str, Any]:
@@ -105,7 +111,7 @@ class ClassificationTask:
       "train_loss": m["loss_sum"] / n,  # with dropout, averaged over the epoch
       "train_accuracy_dropout": m["correct"] / n,
       "grad_norm": m["grad_norm"] / self.steps_per_epoch,
-      "lr": steps.lr_at_epoch(config.learning_rate, epoch, config.lr_decay, config.decay_after),
+      "lr": optim.lr_of_epoch(config, epoch, self.steps_per_epoch),
     }
 
   @staticmethod
@@ -117,15 +123,20 @@ class ClassificationTask:
       f"{split}/count": int(m["count"]),
     }
 
-  @staticmethod
-  def better(record: dict, best: dict) -> bool:
-    """Higher validation accuracy; ties broken by lower validation loss."""
+  def better(self, record: dict, best: dict) -> bool:
+    """Lower validation loss with ``best_metric='val_loss'``; else higher validation
+    accuracy, ties broken by lower validation loss."""
+    if self.configs[0].best_metric == "val_loss":
+      return record["val/loss"] < best["val/loss"]
     return (record["val/accuracy"], -record["val/loss"]) > (best["val/accuracy"], -best["val/loss"])
 
   @staticmethod
-  def postfix(bests: Sequence[dict | None]) -> str:
+  def postfix(latest: Sequence[dict | None], bests: Sequence[dict | None]) -> str:
+    """The mean training loss (with dropout) and best validation accuracy over the runs."""
+    loss = [r["train_loss"] for r in latest if r]
     accs = [b["val/accuracy"] for b in bests if b]
-    return f"best val acc {np.mean(accs):.3f}" if accs else ""
+    parts = [f"train loss {np.mean(loss):.3f}"] if loss else []
+    return ", ".join(parts + ([f"best val acc {np.mean(accs):.3f}"] if accs else []))
 
   def mc_evaluate(self, model, state: steps.TrainState, k: int) -> dict[str, Any]:
     """Scores ``state`` (run ``k``'s) on val and test with Monte-Carlo dropout."""
@@ -135,6 +146,8 @@ class ClassificationTask:
     key = jax.random.fold_in(jax.random.key(config.seed), MC_STREAM)
     out: dict[str, Any] = {"samples": samples}
     for i, split in enumerate(("val", "test")):
+      if split not in self.sets[k].splits:
+        continue
       total = None
       for j, batch in enumerate(data_lib.eval_batches(getattr(self.sets[k], split), self._eval_bs)):
         m = mc_step(state, batch, jax.random.fold_in(key, 1000 * i + j))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstmdrop_jax import data as data_lib
-from lstmdrop_jax import steps
+from lstmdrop_jax import optim, steps
 from lstmdrop_jax.data import text
 from lstmdrop_jax.models import LanguageModel
 
@@ -25,13 +25,19 @@ class LanguageModelTask:
   eval_splittable = False
 
   @classmethod
-  def check_config(cls, config: Any) -> None:
+  def check_config(cls, config: Any, *, external_data: bool = False) -> None:
+    if external_data:
+      raise ValueError("own arrays are for classification; a language model reads a corpus")
     data_lib.check_text_dataset(config.dataset, config.data_dir)
     if config.mc_samples:
       raise ValueError("mc_samples is implemented for classifiers only")
+    if config.best_metric == "val_accuracy":
+      raise ValueError("a language model has no accuracy; use --best-metric val_loss (or auto)")
 
-  def __init__(self, configs: Sequence[Any], *, devices: int = 1):
+  def __init__(self, configs: Sequence[Any], *, devices: int = 1, data: Any = None):
     del devices  # the evaluation stream is replicated
+    if data is not None:
+      raise ValueError("own arrays are for classification; a language model reads a corpus")
     c = configs[0]
     self.k = len(configs)
     self.corpus = data_lib.load_text(c.dataset, c.data_dir)
@@ -82,7 +88,7 @@ class LanguageModelTask:
     return {
       "train_ppl": math.exp(min(m["loss_sum"] / m["count"], 700.0)),
       "grad_norm": m["grad_norm"] / self.steps_per_epoch,
-      "lr": steps.lr_at_epoch(config.learning_rate, epoch, config.lr_decay, config.decay_after),
+      "lr": optim.lr_of_epoch(config, epoch, self.steps_per_epoch),
     }
 
   @staticmethod
@@ -95,9 +101,12 @@ class LanguageModelTask:
     return record["val/loss"] < best["val/loss"]
 
   @staticmethod
-  def postfix(bests: Sequence[dict | None]) -> str:
+  def postfix(latest: Sequence[dict | None], bests: Sequence[dict | None]) -> str:
+    """The lowest training and best validation perplexities over the runs."""
+    train = [r["train_ppl"] for r in latest if r]
     ppl = [b["val/ppl"] for b in bests if b]
-    return f"best val ppl {min(ppl):.1f}" if ppl else ""
+    parts = [f"train ppl {min(train):.1f}"] if train else []
+    return ", ".join(parts + ([f"best val ppl {min(ppl):.1f}"] if ppl else []))
 
   def mc_evaluate(self, model, state, k: int) -> dict[str, Any]:
     raise ValueError("mc_samples is implemented for classifiers only")

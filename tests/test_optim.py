@@ -1,0 +1,98 @@
+"""Schedules and optimisers: Zaremba's table, cosine and warm-up, extension rules."""
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lstmdrop_jax import optim
+from lstmdrop_jax.config import Config, check_resume
+
+PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
+
+# Zaremba et al.'s learning rate by epoch, written out from their table:
+# small: halved each epoch after epoch 4 (13 epochs); medium: divided by 1.2
+# after epoch 6 (39); large: divided by 1.15 after epoch 14 (55).
+ZAREMBA_LR = {
+  "small": [1.0] * 4 + [0.5**k for k in range(1, 10)],
+  "medium": [1.0] * 6 + [1.2**-k for k in range(1, 34)],
+  "large": [1.0] * 14 + [1.15**-k for k in range(1, 42)],
+}
+
+
+@pytest.mark.parametrize("name", ["small", "medium", "large"])
+def test_schedule_reproduces_zaremba_table(name):
+  import experiments.ptb_zaremba as exp
+
+  cfg = exp.zaremba(name, str(PTB))
+  want = ZAREMBA_LR[name]
+  assert cfg.epochs == len(want)
+  got = [
+    optim.lr_at_epoch(cfg.learning_rate, e, cfg.lr_decay, cfg.decay_after)
+    for e in range(1, cfg.epochs + 1)
+  ]
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  # The optax schedule gives the same rate at every step of each epoch.
+  spe = 7
+  sched = optim.epoch_decay_schedule(cfg.learning_rate, spe, cfg.lr_decay, cfg.decay_after)
+  per_step = np.asarray(jax.vmap(sched)(jnp.arange(spe * cfg.epochs)))
+  np.testing.assert_allclose(per_step, np.repeat(want, spe), rtol=1e-5)  # float32
+
+
+def test_optimizer_clips_by_global_norm_and_rejects_unknown_names():
+  tx = optim.make_optimizer("sgd", 1.0, clip_norm=0.5)
+  params = {"w": jnp.zeros(4)}
+  updates, _ = tx.update({"w": jnp.full(4, 10.0)}, tx.init(params), params)
+  np.testing.assert_allclose(optax.tree.norm(updates), 0.5, rtol=1e-6)
+  with pytest.raises(
+    ValueError, match=r"unknown optimizer 'adagrad'; valid names are \['adam', 'sgd'\]"
+  ):
+    optim.make_optimizer("adagrad", 1.0)
+
+
+def test_cosine_schedules_reach_zero_at_the_end_and_warm_up_linearly():
+  base = Config(learning_rate=0.1, epochs=10)
+  spe = 4
+  cosine = optim.schedule_of(dataclasses.replace(base, schedule="cosine"), spe)
+  np.testing.assert_allclose([cosine(0), cosine(20), cosine(40)], [0.1, 0.05, 0.0], atol=1e-7)
+  warm = dataclasses.replace(base, schedule="warmup_cosine", warmup_epochs=2)
+  sched = optim.schedule_of(warm, spe)
+  np.testing.assert_allclose(
+    [sched(0), sched(4), sched(8), sched(40)], [0.0, 0.05, 0.1, 0.0], atol=1e-7
+  )
+  # The log's learning rate is the schedule's at the epoch's first step.
+  assert optim.lr_of_epoch(warm, 2, spe) == pytest.approx(0.05)
+  assert optim.lr_of_epoch(dataclasses.replace(base, schedule="constant"), 7, spe) == 0.1
+
+
+@pytest.mark.parametrize(
+  ("changes", "message"),
+  [
+    ({"lr_decay": 2.0, "schedule": "cosine"}, "lr_decay and decay_after belong to schedule 'step'"),
+    ({"warmup_epochs": 2}, "warmup_epochs needs --schedule warmup_cosine"),
+    ({"schedule": "warmup_cosine"}, r"needs 0 < warmup_epochs < epochs \(100\), got 0"),
+    ({"schedule": "linear"}, "schedule must be one of"),
+  ],
+)
+def test_bad_schedules_are_refused(changes, message):
+  with pytest.raises(ValueError, match=message):
+    dataclasses.replace(Config(), **changes).validate()
+
+
+def test_which_changes_extend_a_run():
+  old = Config(epochs=20)
+  assert check_resume(old, old) is False
+  assert check_resume(old, dataclasses.replace(old, epochs=40)) is True
+  assert check_resume(old, dataclasses.replace(old, early_stopping=5)) is True
+  with pytest.raises(ValueError, match=r"different config \(hidden: 64 -> 32\).*new --workdir"):
+    check_resume(old, dataclasses.replace(old, hidden=32, epochs=40))
+  with pytest.raises(ValueError, match="can be extended, not shortened"):
+    check_resume(old, dataclasses.replace(old, epochs=10))
+  cosine = dataclasses.replace(old, schedule="cosine")
+  with pytest.raises(ValueError, match="spans the run's 20 epochs: extending it to 40 would"):
+    check_resume(cosine, dataclasses.replace(cosine, epochs=40))
+  assert check_resume(cosine, dataclasses.replace(cosine, early_stopping=3)) is True

@@ -1,0 +1,257 @@
+"""A researcher's workflow: own arrays in, predictions and exports out, continued runs,
+config files, schedules, early stopping on a chosen metric, and the console."""
+
+import csv
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from lstmdrop_jax import optim
+from lstmdrop_jax.cli import main
+from lstmdrop_jax.data import ArrayData
+from lstmdrop_jax.predict import load_run, predict_main
+from lstmdrop_jax.run_folder import read_jsonl
+from lstmdrop_jax.train import Config, train_and_evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = Config(hidden=8, layers=1, epochs=3, batch_size=8, learning_rate=1e-2, unroll=1)
+
+
+def _arrays(n=48, T=20, seed=0, ragged=False):
+  """Two classes of raw series (offset 10, scale 5) told apart by their first steps."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, T, 2)).astype(np.float32)
+  y = np.where(np.arange(n) % 2 == 0, "calm", "rising")
+  x[y == "rising", :5, 0] += 2.0
+  lengths = rng.integers(8, T + 1, n) if ragged else None
+  if ragged:
+    x[np.arange(T)[None, :] >= lengths[:, None]] = 0.0
+  return 10 + 5 * x, y, lengths
+
+
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory):
+  """A run on arrays with variable lengths, string labels and an explicit test split."""
+  x, y, lengths = _arrays(ragged=True)
+  xt, yt, lt = _arrays(n=20, seed=1, ragged=True)
+  data = ArrayData(x, y, lengths, x_test=xt, y_test=yt, lengths_test=lt)
+  workdir = tmp_path_factory.mktemp("own") / "run"
+  cfg = dataclasses.replace(
+    FAST, dataset="mine", epochs=4, dropout=FAST.dropout.replace(output=0.3)
+  )
+  summary = train_and_evaluate(cfg, workdir, data=data, progress=False)
+  return workdir, cfg, data, summary
+
+
+# --- own data --------------------------------------------------------------------
+
+
+def test_own_arrays_train_and_the_normalisation_is_saved(own_run):
+  workdir, _, data, summary = own_run
+  assert summary["status"] == "finished" and "test/accuracy" in summary["best"]
+  described = json.loads((workdir / "data.json").read_text())
+  assert described["classes"] == ["calm", "rising"]
+  assert described["n_train"] + described["n_val"] == 48 and described["n_test"] == 20
+  # The statistics of the training split's valid steps (after holding out val).
+  run = load_run(workdir)
+  assert run.normalizer is not None and len(run.normalizer.mean) == 2
+  assert 8 < run.normalizer.mean[1] < 12 and 4 < run.normalizer.std[1] < 6
+  assert described["fingerprint"] == data.fingerprint()
+
+
+def test_resuming_with_other_arrays_is_refused(own_run, tmp_path):
+  workdir, cfg, data, _ = own_run
+  other = ArrayData(data.x * 2, data.y, data.lengths, x_test=data.x_test, y_test=data.y_test,
+                    lengths_test=data.lengths_test)  # fmt: skip
+  with pytest.raises(ValueError, match=r"was trained on other data: its normalizer, fingerprint"):
+    train_and_evaluate(dataclasses.replace(cfg, epochs=6), workdir, data=other, progress=False)
+
+
+def test_an_npz_file_trains_from_the_command_line_without_a_test_split(tmp_path, capsys):
+  x, y, _ = _arrays()
+  xv, yv, _ = _arrays(n=16, seed=2)
+  np.savez(tmp_path / "d.npz", x=x[..., 0], y=y, x_val=xv[..., 0], y_val=yv)  # one channel
+  workdir = tmp_path / "run"
+  main(["--workdir", str(workdir), "--dataset", str(tmp_path / "d.npz"), "--hidden", "8",
+        "--layers", "1", "--epochs", "2", "--batch-size", "8", "--unroll", "1"])  # fmt: skip
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["best"]["val/count"] == 16  # the explicit validation split
+  assert "test/accuracy" not in summary["best"]
+  from lstmdrop_jax import report
+
+  paths = report.build_report(workdir.parent, tmp_path / "report")
+  assert "n/a" in paths["md"].read_text()  # no test score
+  np.savez(tmp_path / "bad.npz", x=x, y=y, z=y)
+  with pytest.raises(SystemExit):
+    main(["--workdir", str(tmp_path / "bad"), "--dataset", str(tmp_path / "bad.npz")])
+  assert "unknown keys ['z']" in capsys.readouterr().err
+
+
+# --- predict, load, export ---------------------------------------------------------
+
+
+def test_load_run_predicts_what_the_model_computes(own_run):
+  workdir, _, data, _ = own_run
+  run = load_run(workdir, "best")
+  p = run.predict_proba(data.x_test, data.lengths_test)
+  assert p.shape == (20, 2)
+  np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
+  x = run.normalizer(data.x_test, data.lengths_test)
+  logit = run.model.apply(run.variables, x, lengths=data.lengths_test)
+  np.testing.assert_allclose(p[:, 1], jax.nn.sigmoid(logit), rtol=1e-6)
+  mean, std = run.predict_proba(data.x_test, data.lengths_test, mc_samples=20)
+  assert mean.shape == std.shape == (20, 2) and (std > 0).any()  # output dropout 0.3
+  assert not np.allclose(mean, p)
+
+
+def test_predict_writes_probabilities_and_scores_labels(own_run, tmp_path):
+  workdir, _, data, _ = own_run
+  np.savez(tmp_path / "new.npz", x=data.x_test, lengths=data.lengths_test, y=data.y_test)
+  out = tmp_path / "preds.csv"
+  report = predict_main(["--workdir", str(workdir), "--input", str(tmp_path / "new.npz"),
+                         "--out", str(out), "--mc-samples", "8"])  # fmt: skip
+  rows = list(csv.DictReader(out.read_text().splitlines()))
+  assert len(rows) == 20 and list(rows[0]) == [
+    "index", "predicted", "label", "p_calm_mean", "p_calm_std", "p_rising_mean", "p_rising_std",
+  ]  # fmt: skip
+  agree = np.mean([r["predicted"] == r["label"] for r in rows])
+  assert report["accuracy"] == pytest.approx(agree)
+
+
+def test_predict_on_a_ucr_name_scales_its_raw_test_split(tmp_path):
+  cfg = dataclasses.replace(FAST, dataset="GunPoint", epochs=1, batch_size=7)
+  train_and_evaluate(cfg, tmp_path / "gp", progress=False)
+  out = tmp_path / "gp.csv"
+  report = predict_main(
+    ["--workdir", str(tmp_path / "gp"), "--input", "GunPoint", "--out", str(out)]
+  )
+  assert report["series"] == 150  # GunPoint's official test split
+  summary = json.loads((tmp_path / "gp" / "summary.json").read_text())
+  assert summary["best"]["epoch"] == 1
+  assert report["accuracy"] == pytest.approx(summary["best"]["test/accuracy"], abs=1e-6)
+
+
+def test_export_to_pytorch_gives_the_same_predictions(tmp_path):
+  import torch  # a test dependency (the dev extra)
+
+  from lstmdrop_jax.convert import to_torch_classifier
+
+  x, y, _ = _arrays()
+  cfg = dataclasses.replace(FAST, dataset="mine", layers=2, epochs=2)
+  train_and_evaluate(cfg, tmp_path / "run", data=ArrayData(x, y), progress=False)
+  run = load_run(tmp_path / "run")
+
+  class Classifier(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.lstm = torch.nn.LSTM(2, 8, 2, batch_first=True)
+      self.head = torch.nn.Linear(8, 1)
+
+    def forward(self, x):
+      out, _ = self.lstm(x)
+      return self.head(out[:, -1])[:, 0]
+
+  model = Classifier()
+  state = to_torch_classifier(run.variables["params"], num_features=2)
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+  xn = run.normalizer(x)
+  with torch.no_grad():
+    theirs = torch.sigmoid(model(torch.from_numpy(xn))).numpy()
+  np.testing.assert_allclose(theirs, run.predict_proba(x)[:, 1], atol=2e-6)
+
+
+# --- continue training, config files ------------------------------------------------
+
+
+def test_extending_a_finished_run_equals_the_longer_run(tmp_path, same_folder):
+  from tests.conftest import SMALL_RUN
+
+  short = dataclasses.replace(SMALL_RUN, epochs=2)
+  train_and_evaluate(short, tmp_path / "extended", progress=False)
+  train_and_evaluate(SMALL_RUN, tmp_path / "extended", progress=False)  # 2 -> 4 epochs
+  train_and_evaluate(SMALL_RUN, tmp_path / "straight", progress=False)
+  same_folder(tmp_path / "extended", tmp_path / "straight")
+
+
+def test_a_larger_patience_continues_an_early_stopped_run(tmp_path):
+  cfg = dataclasses.replace(FAST, dataset="synthetic", epochs=12, early_stopping=1)
+  first = train_and_evaluate(cfg, tmp_path / "run", progress=False)
+  assert first["status"] == "early_stopped" and first["epochs"] < 12
+  second = train_and_evaluate(dataclasses.replace(cfg, early_stopping=50), tmp_path / "run")
+  assert second["status"] == "finished" and second["epochs"] == 12
+
+
+def test_what_may_change_in_a_run_folder(tmp_path, capsys):
+  cfg = dataclasses.replace(FAST, dataset="synthetic", epochs=2, schedule="cosine")
+  train_and_evaluate(cfg, tmp_path / "run", progress=False)
+  with pytest.raises(ValueError, match="schedule 'cosine', which spans the run's 2 epochs"):
+    train_and_evaluate(dataclasses.replace(cfg, epochs=4), tmp_path / "run", progress=False)
+  with pytest.raises(ValueError, match=r"different config \(hidden: 8 -> 9\)"):
+    train_and_evaluate(dataclasses.replace(cfg, hidden=9), tmp_path / "run", progress=False)
+
+
+def test_a_config_file_runs_and_flags_override_it(tmp_path, capsys):
+  cfg = dataclasses.replace(FAST, dataset="synthetic", epochs=2)
+  train_and_evaluate(cfg, tmp_path / "run", progress=False)
+  again = main(
+    ["--workdir", str(tmp_path / "run"), "--config", str(tmp_path / "run" / "config.json")]
+  )
+  assert again["epochs"] == 2  # read back, not retrained
+  more = main(["--config", str(tmp_path / "run" / "config.json"), "--workdir",
+               str(tmp_path / "run"), "--epochs", "3"])  # fmt: skip
+  assert more["epochs"] == 3  # extended by the flag
+  (tmp_path / "bad.json").write_text('{"hidden": 8, "colour": "red"}')
+  with pytest.raises(SystemExit):
+    main(["--workdir", str(tmp_path / "x"), "--config", str(tmp_path / "bad.json")])
+  assert "unknown config fields ['colour']" in capsys.readouterr().err
+
+
+# --- schedules and stopping ---------------------------------------------------------
+
+
+def test_warmup_cosine_is_the_learning_rate_of_the_log(tmp_path):
+  cfg = dataclasses.replace(FAST, dataset="synthetic", epochs=4, schedule="warmup_cosine",
+                            warmup_epochs=1, learning_rate=0.01)  # fmt: skip
+  train_and_evaluate(cfg, tmp_path / "run", progress=False)
+  lrs = [r["lr"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "lr" in r]
+  spe = 70 // 8 + 1
+  assert lrs == pytest.approx([optim.lr_of_epoch(cfg, e, spe) for e in (1, 2, 3, 4)])
+  assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.01) and lrs[3] < lrs[2] < lrs[1]
+
+
+def test_the_best_checkpoint_follows_the_chosen_metric(tmp_path):
+  cfg = dataclasses.replace(FAST, dataset="synthetic", epochs=5, best_metric="val_loss")
+  summary = train_and_evaluate(cfg, tmp_path / "run", progress=False)
+  evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r.get("event") == "eval"]
+  assert summary["best"]["epoch"] == min(evals, key=lambda r: r["val/loss"])["epoch"]
+  with pytest.raises(ValueError, match="a language model has no accuracy"):
+    Config(dataset="ptb", data_dir="x", best_metric="val_accuracy").validate()
+
+
+# --- the console --------------------------------------------------------------------
+
+
+def test_redirected_progress_is_throttled_and_the_summary_has_both_times(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  with open(tmp_path / "err.txt", "w") as err:
+    proc = subprocess.run(
+      [sys.executable, "-m", "lstmdrop_jax.train", "--workdir", str(tmp_path / "run"),
+       "--dataset", "synthetic", "--hidden", "8", "--layers", "1", "--epochs", "12",
+       "--unroll", "1", "--mc-samples", "4", "--dropout.output", "0.3"],
+      stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+  assert proc.returncode == 0
+  bar = [ln for ln in re.split(r"[\r\n]", (tmp_path / "err.txt").read_text()) if "epoch" in ln]
+  assert 1 <= len(bar) <= 3, bar  # first and last refresh (a 12-epoch run takes under 30 s)
+  assert "train loss" in bar[-1] and "best val acc" in bar[-1]
+  printed = json.loads(proc.stdout)
+  assert printed["mc"]["samples"] == 4 and "val/accuracy" in printed["mc"]
+  assert printed["wall_time_s"] >= printed["train_time_s"] > 0
