@@ -41,12 +41,12 @@ from pathlib import Path
 
 import tyro
 
-from lstmdrop_jax import parallel as par
-from lstmdrop_jax.dropout import DropoutConfig
 from lstmdrop_jax.host_memory import keep_freed_host_memory
 from lstmdrop_jax.parallel import use_cpu_devices
-from lstmdrop_jax.report import SETTINGS, build_overfit_report, setting_rates
-from lstmdrop_jax.train import Config, train_runs
+from lstmdrop_jax.report import SETTINGS
+from lstmdrop_jax.run_folder import RunFolderError
+from lstmdrop_jax.sweep import Sweep, run_sweep
+from lstmdrop_jax.train import Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +84,8 @@ class Args:
     return dataclasses.replace(self, seeds=2, rates=(0.2, 0.5), hidden=32, epochs=60, eval_every=5)
 
 
-def grid(args: Args) -> list[tuple[str, Config]]:
-  """``(run name, config)`` for every placement, rate and seed."""
-  unknown = sorted(set(args.placements) - set(SETTINGS))
-  if unknown:
-    raise ValueError(f"unknown placements {unknown}; valid ones are {list(SETTINGS)}")
+def sweep(args: Args) -> Sweep:
+  """The grid: every setting at every rate (``none`` once), every seed."""
   base = Config(
     dataset=args.dataset,
     hidden=args.hidden,
@@ -99,48 +96,33 @@ def grid(args: Args) -> list[tuple[str, Config]]:
     eval_every=args.eval_every,
     checkpoint_every=50,
   )
-  settings = [("none", 0.0)] if "none" in args.placements else []
-  settings += [(p, r) for p in args.placements if p != "none" for r in args.rates]
-  out = []
-  for placement, rate in settings:
-    drop = DropoutConfig.from_placements(setting_rates(placement, rate))
-    for seed in range(args.seeds):
-      name = f"{placement}_{rate:g}/seed_{seed}"
-      out.append((name, dataclasses.replace(base, dropout=drop, seed=seed)))
-  return out
+  return Sweep(base, settings=args.placements, rates=args.rates, seeds=args.seeds)
+
+
+def grid(args: Args) -> list[tuple[str, Config]]:
+  """``(run name, config)`` for every placement, rate and seed."""
+  return sweep(args).points()
 
 
 def main(argv=None) -> None:
   args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0]).resolved()
   keep_freed_host_memory()
+  out = args.out or Path("results") / f"overfit_{args.dataset}{'_quick' if args.quick else ''}"
+  title = (
+    f"{args.dataset}: {args.layers}x{args.hidden} LSTM, {args.epochs} epochs, {args.seeds} seeds"
+  )
+  t0 = time.perf_counter()
   # Every bad value, and every group the devices cannot split, is reported
   # before anything is trained or written.
   try:
     use_cpu_devices(args.cpu_devices)
-    runs = grid(args)
-    for _, c in runs:
-      c.validate()
-    size = args.group_size or len(runs)
-    mesh = par.make_mesh()
-    for i in range(0, len(runs), size):
-      n = len(runs[i : i + size])
-      par.check_layout(args.parallel, mesh, runs=n, batch_size=args.batch_size)
-  except ValueError as e:
+    study = sweep(args)
+    paths = run_sweep(study, out, group_size=args.group_size, parallel=args.parallel, title=title)
+  except (ValueError, OSError, RunFolderError) as e:
     raise SystemExit(f"error: {e}") from None
-  out = args.out or Path("results") / f"overfit_{args.dataset}{'_quick' if args.quick else ''}"
-  t0 = time.perf_counter()
-  for i in range(0, len(runs), size):
-    chunk = runs[i : i + size]
-    train_runs([c for _, c in chunk], [out / "runs" / n for n, _ in chunk], parallel=args.parallel)
   minutes = (time.perf_counter() - t0) / 60
-  title = (
-    f"{args.dataset}: {args.layers}x{args.hidden} LSTM, {args.epochs} epochs, {args.seeds} seeds"
-  )
-  paths = build_overfit_report(out / "runs", out, title)
   print(paths["md"].read_text())
-  print(
-    f"{len(runs)} runs in {minutes:.1f} min; wrote " + ", ".join(str(p) for p in paths.values())
-  )
+  print(f"{len(study.points())} runs in {minutes:.1f} min; wrote", *map(str, paths.values()))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Run folders -> paper-style tables (Markdown, CSV, LaTeX) and plots.
 
 Reads files only; never trains, never imports the model. A run folder is any
-folder holding ``config.json`` (see ``checkpoint.py``); runs are grouped into
-settings by their dropout placement and rate, and every number is reported
-as mean ± std over seeds with a 95% t-interval for the mean.
+folder holding ``config.json`` (see ``run_folder.py``). Runs are grouped by
+their whole config except the seed, so runs that differ in dataset, size,
+epochs or anything else never share a row; each row shows its number of
+seeds ``n``, every number is mean ± std over them with a 95% t-interval for
+the mean, and the fields that differ between rows get a column each.
+Diverged and unfinished runs are left out (and counted on stderr).
 
-Command line (the over-fitting study's report from its run folders)::
+Command line::
 
   python -m lstmdrop_jax.report results/overfit_GunPoint/runs --out results/overfit_GunPoint
 """
@@ -13,7 +16,9 @@ Command line (the over-fitting study's report from its run folders)::
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lstmdrop_jax import tables
-from lstmdrop_jax.dropout import PLACEMENTS
+from lstmdrop_jax.dropout import PLACEMENTS, RATE_FIELDS
 from lstmdrop_jax.run_folder import RunFolderError, read_json, read_jsonl, read_summary
 
 #: The settings of the over-fitting grid, in table order: no dropout, one
@@ -59,26 +64,28 @@ def load_runs(root: str | Path) -> list[dict[str, Any]]:
 
 
 def placement_of(config: dict[str, Any]) -> tuple[str, float]:
-  """``(placement, rate)`` of a config: 'none', one of input/between/output, 'all'
-  (the three at one rate), or 'custom'."""
+  """``(setting, rate)`` of a config's dropout: ``none``, one of the placements,
+  ``all`` (the three at one rate), each with `` (locked)`` when its masks are
+  time-locked; anything else is ``custom`` with its rates spelled out."""
   d = config["dropout"]
-  rates = {p: d[p] for p in PLACEMENTS}
-  extra = any(d.get(k, 0.0) for k in ("recurrent", "weight", "embedding"))
-  on = {p: r for p, r in rates.items() if r}
-  if extra:
-    return "custom", 0.0
+  locked = set(d.get("time_locked", ()))
+  on = {p: d.get(p, 0.0) for p in RATE_FIELDS if d.get(p, 0.0)}
+  simple = set(on) <= set(PLACEMENTS)
   if not on:
     return "none", 0.0
-  if len(on) == 1:
-    ((p, r),) = on.items()
-    return p, r
-  if len(on) == 3 and len(set(on.values())) == 1:
-    return "all", next(iter(on.values()))
-  return "custom", 0.0
+  suffix = " (locked)" if locked and locked >= set(on) else ""
+  if simple and (not locked or suffix):
+    if len(on) == 1:
+      ((p, r),) = on.items()
+      return p + suffix, r
+    if len(on) == 3 and len(set(on.values())) == 1:
+      return "all" + suffix, next(iter(on.values()))
+  rates = ", ".join(f"{p} {r:g}" for p, r in on.items())
+  return f"custom: {rates}" + (f"; locked {', '.join(sorted(locked))}" if locked else ""), 0.0
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
-  """Mean, sample std and a t-interval for the mean (NaN-free input)."""
+  """Mean, sample std and a t-interval for the mean (NaN where a value is missing)."""
   from scipy import stats
 
   x = np.asarray(values, dtype=float)
@@ -89,8 +96,8 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
   return {"mean": mean, "std": std, "lo": mean - half, "hi": mean + half, "n": n}
 
 
-# Metric columns of the over-fitting table: (column, summary path, label).
-OVERFIT_METRICS = (
+# Metric columns: (column, summary path, label).
+METRICS = (
   ("train_acc", ("final", "train/accuracy"), "train acc"),
   ("train_loss", ("final", "train/loss"), "train loss"),
   ("val_acc_best", ("best", "val/accuracy"), "best val acc"),
@@ -98,35 +105,63 @@ OVERFIT_METRICS = (
   ("test_acc", ("best", "test/accuracy"), "test acc @ best val"),
   ("gap", None, "gap (train - val)"),
 )
+#: Monte-Carlo dropout scores of the best checkpoint (shown when runs have them).
+MC_METRICS = (
+  ("mc_val_acc", ("mc", "val/accuracy"), "MC val acc"),
+  ("mc_test_acc", ("mc", "test/accuracy"), "MC test acc"),
+)
 
 
 def _metric(summary: dict, name: str, path) -> float:
   if name == "gap":
     return summary["final"]["train/accuracy"] - summary["final"]["val/accuracy"]
-  return summary[path[0]][path[1]]
+  return float(summary.get(path[0], {}).get(path[1], math.nan))
 
 
-def overfit_rows(runs: Sequence[dict]) -> list[dict[str, Any]]:
-  """One row per (placement, rate): every metric's mean/std/interval over seeds."""
-  groups: dict[tuple[str, float], list[dict]] = defaultdict(list)
+def _without_seed(config: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in config.items() if k != "seed"}
+
+
+def report_rows(runs: Sequence[dict]) -> list[dict[str, Any]]:
+  """One row per config but the seed: every metric's mean/std/interval over seeds.
+
+  Each row holds ``setting``/``rate`` (``placement_of``), ``seeds`` (n),
+  ``fields`` (the other fields in which rows differ), ``config`` and ``runs``.
+  """
+  groups: dict[str, list[dict]] = defaultdict(list)
   for r in runs:
     s = r["summary"]
     if s is None or s.get("status") == "diverged" or s.get("final") is None:
       continue
-    groups[placement_of(r["config"])].append(s)
+    groups[json.dumps(_without_seed(r["config"]), sort_keys=True)].append(r)
+  configs = [json.loads(k) for k in groups]
+  keys = sorted({k for c in configs for k in c} - {"dropout"})
+  varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
+  has_mc = any("mc" in r["summary"] for members in groups.values() for r in members)
   rows = []
-  order = {p: i for i, p in enumerate((*SETTINGS, "custom"))}
-  for (placement, rate), summaries in sorted(
-    groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])
-  ):
-    row: dict[str, Any] = {"placement": placement, "rate": rate, "seeds": len(summaries)}
-    for name, path, _ in OVERFIT_METRICS:
-      row[name] = mean_ci([_metric(s, name, path) for s in summaries])
+  for key, members in groups.items():
+    config = json.loads(key)
+    setting, rate = placement_of(config)
+    row = {"setting": setting, "rate": rate, "seeds": len(members), "config": config}
+    row.update(fields={k: config.get(k) for k in varying}, runs=members)
+    for name, path, _ in METRICS + (MC_METRICS if has_mc else ()):
+      row[name] = mean_ci([_metric(m["summary"], name, path) for m in members])
     rows.append(row)
-  return rows
+  return sorted(rows, key=_row_order)
 
 
-def write_overfit_tables(
+def _row_order(row: dict) -> tuple:
+  base = row["setting"].split(" (")[0]
+  rank = SETTINGS.index(base) if base in SETTINGS else len(SETTINGS)
+  fields = tuple(json.dumps(v) for v in row["fields"].values())
+  return (fields, rank, row["setting"], row["rate"])
+
+
+def _fmt(m: dict) -> str:
+  return "n/a" if math.isnan(m["mean"]) else f"{m['mean']:.3f} ± {m['std']:.3f}"
+
+
+def write_tables(
   rows: Sequence[dict], out_dir: str | Path, stem: str, caption: str = ""
 ) -> dict[str, Path]:
   """Writes ``{stem}.md``, ``{stem}.csv`` and ``{stem}.tex``; returns their paths.
@@ -134,26 +169,22 @@ def write_overfit_tables(
   Display cells are ``mean ± std`` with the gap's 95% interval; the CSV holds
   each metric's mean, std and interval ends.
   """
-  metrics = [(n, label) for n, _, label in OVERFIT_METRICS]
-  fmt = lambda m: f"{m['mean']:.3f} ± {m['std']:.3f}"
+  metrics = [(n, label) for n, _, label in METRICS + MC_METRICS if rows and n in rows[0]]
+  varying = list(rows[0]["fields"]) if rows else []
   ci = lambda m: f"[{m['lo']:.3f}, {m['hi']:.3f}]" if m["n"] > 1 else "n/a"
-  header = ["placement", "rate", "seeds", *(label for _, label in metrics), "gap 95% CI"]
+  header = [*varying, "placement", "rate", "seeds", *(label for _, label in metrics), "gap 95% CI"]
   display = [
-    [
-      r["placement"],
-      f"{r['rate']:g}",
-      str(r["seeds"]),
-      *(fmt(r[n]) for n, _ in metrics),
-      ci(r["gap"]),
-    ]
+    [*(tables.cell(r["fields"][k]) for k in varying), r["setting"], f"{r['rate']:g}",
+     str(r["seeds"]), *(_fmt(r[n]) for n, _ in metrics), ci(r["gap"])]
     for r in rows
-  ]
-  stats_ = ("mean", "std", "lo", "hi")
-  csv_header = ["placement", "rate", "seeds"] + [
+  ]  # fmt: skip
+  stats = ("mean", "std", "lo", "hi")
+  csv_header = [*varying, "placement", "rate", "seeds"] + [
     f"{n}_{s}" for n, _ in metrics for s in ("mean", "std", "ci_lo", "ci_hi")
   ]
   csv_rows = [
-    [r["placement"], r["rate"], r["seeds"]] + [f"{r[n][s]:.6g}" for n, _ in metrics for s in stats_]
+    [*(r["fields"][k] for k in varying), r["setting"], r["rate"], r["seeds"]]
+    + [f"{r[n][s]:.6g}" for n, _ in metrics for s in stats]
     for r in rows
   ]
   return tables.write_tables(
@@ -161,118 +192,25 @@ def write_overfit_tables(
   )
 
 
-def _curves(runs: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-  """Epochs and ``[seeds, epochs]`` values of an eval metric (common epochs only)."""
-  series = []
-  for r in runs:
-    ev = {
-      rec["epoch"]: rec[key] for rec in r["records"] if rec.get("event") == "eval" and key in rec
-    }
-    series.append(ev)
-  common = sorted(set.intersection(*(set(s) for s in series))) if series else []
-  return np.array(common), np.array([[s[e] for e in common] for s in series])
+def build_report(runs_dir: str | Path, out_dir: str | Path, title: str = "") -> dict[str, Path]:
+  """Tables and plots of the run folders under ``runs_dir``."""
+  from lstmdrop_jax import plots
 
-
-def _pyplot():
-  import matplotlib
-
-  matplotlib.use("Agg")  # files only, no display
-  import matplotlib.pyplot as plt
-
-  return plt
-
-
-def _save(fig, path: str | Path) -> Path:
-  fig.tight_layout()
-  path = Path(path)
-  fig.savefig(path, dpi=120)
-  _pyplot().close(fig)
-  return path
-
-
-def plot_curves(runs: Sequence[dict], path: str | Path, title: str = "") -> Path:
-  """Training (no dropout) and validation accuracy against epoch, one panel per
-  placement, one colour per rate; lines are means over seeds, bands ± one std."""
-  plt = _pyplot()
-  groups: dict[str, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
-  for r in runs:
-    if r["summary"] is not None and r["summary"].get("status") != "diverged":
-      p, rate = placement_of(r["config"])
-      groups[p][rate].append(r)
-  panels = [p for p in SETTINGS if p in groups and p != "none"] or ["none"]
-  fig, axes = plt.subplots(
-    1, len(panels), figsize=(4 * len(panels), 3.4), sharey=True, squeeze=False
-  )
-  cmap = plt.get_cmap("viridis")
-  for ax, p in zip(axes[0], panels, strict=True):
-    entries = [(0.0, groups["none"][0.0], "none")] if "none" in groups else []
-    rates = sorted(groups[p]) if p != "none" else []
-    entries += [(rate, groups[p][rate], f"{rate:g}") for rate in rates]
-    for i, (_, members, label) in enumerate(entries):
-      color = "black" if label == "none" else cmap(i / max(len(entries), 2))
-      for key, style in (("train/accuracy", "--"), ("val/accuracy", "-")):
-        epochs, vals = _curves(members, key)
-        if len(epochs) == 0:
-          continue
-        m, s = vals.mean(0), vals.std(0)
-        ax.plot(
-          epochs, m, style, color=color, lw=1.3, label=f"{label}" if key == "val/accuracy" else None
-        )
-        ax.fill_between(epochs, m - s, m + s, color=color, alpha=0.12, lw=0)
-    ax.set_title(f"dropout: {p}")
-    ax.set_xlabel("epoch")
-    ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel("accuracy (dashed: train, solid: val)")
-  axes[0][-1].legend(title="rate", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-  if title:
-    fig.suptitle(title)
-  return _save(fig, path)
-
-
-def plot_gap(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
-  """Train - validation accuracy gap against rate, one line per placement, with
-  95% intervals; the no-dropout gap is the dashed line."""
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
-  for r in rows:
-    if r["placement"] == "none":
-      g = r["gap"]
-      ax.axhline(g["mean"], color="black", ls="--", lw=1, label="none")
-      if g["n"] > 1:
-        ax.axhspan(g["lo"], g["hi"], color="black", alpha=0.08)
-  for p in SETTINGS[1:]:
-    sel = [r for r in rows if r["placement"] == p]
-    if not sel:
-      continue
-    x = [r["rate"] for r in sel]
-    m = np.array([r["gap"]["mean"] for r in sel])
-    lo = np.array([r["gap"]["lo"] if r["gap"]["n"] > 1 else r["gap"]["mean"] for r in sel])
-    hi = np.array([r["gap"]["hi"] if r["gap"]["n"] > 1 else r["gap"]["mean"] for r in sel])
-    ax.errorbar(x, m, yerr=np.stack([m - lo, hi - m]), marker="o", capsize=3, label=p)
-  ax.set_xlabel("dropout rate")
-  ax.set_ylabel("final train - val accuracy")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  if title:
-    ax.set_title(title)
-  return _save(fig, path)
-
-
-def build_overfit_report(
-  runs_dir: str | Path, out_dir: str | Path, title: str = ""
-) -> dict[str, Path]:
-  """Tables and plots of the over-fitting study from its run folders."""
   runs = load_runs(runs_dir)
   if not runs:
     raise ValueError(f"no run folders (with config.json) under {str(runs_dir)!r}")
-  rows = overfit_rows(runs)
+  rows = report_rows(runs)
   if not rows:
     raise ValueError(f"none of the {len(runs)} runs under {str(runs_dir)!r} has finished")
+  left_out = len(runs) - sum(r["seeds"] for r in rows)
+  if left_out:
+    print(f"report: {left_out} unfinished or diverged run(s) left out", file=sys.stderr)
   out = Path(out_dir)
   return {
-    **write_overfit_tables(rows, out, "overfit", caption=title),
-    "curves": plot_curves(runs, out / "curves.png", title),
-    "gap": plot_gap(rows, out / "gap.png", title),
+    **write_tables(rows, out, "overfit", caption=title),
+    "curves": plots.plot_curves(rows, out / "curves.png", title),
+    "losses": plots.plot_losses(rows, out / "losses.png", title),
+    "gap": plots.plot_gap(rows, out / "gap.png", title),
   }
 
 
@@ -283,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--title", default="")
   args = parser.parse_args(argv)
   try:
-    paths = build_overfit_report(args.runs_dir, args.out, args.title)
+    paths = build_report(args.runs_dir, args.out, args.title)
   except (ValueError, RunFolderError, OSError) as e:
     raise SystemExit(f"error: {e}") from None
   for kind, path in paths.items():

@@ -12,15 +12,18 @@ from lstmdrop_jax import report
 from lstmdrop_jax.dropout import DropoutConfig
 
 
-def _fake_run(root, name, dropout, seed, train_acc, val_acc):
+def _fake_run(root, name, dropout, seed, train_acc, val_acc, locked=(), mc=None, **fields):
   folder = root / name / f"seed_{seed}"
   folder.mkdir(parents=True)
   cfg = {
     "seed": seed,
+    "dataset": "GunPoint",
+    "epochs": 10,
+    **fields,
     "dropout": {
       **dict.fromkeys(("input", "between", "output", "recurrent", "weight", "embedding"), 0.0),
       **dropout,
-      "time_locked": [],
+      "time_locked": list(locked),
     },
   }
   (folder / "config.json").write_text(json.dumps(cfg))
@@ -32,18 +35,21 @@ def _fake_run(root, name, dropout, seed, train_acc, val_acc):
     "val/loss": 0.5,
     "test/accuracy": val_acc,
   }
-  (folder / "summary.json").write_text(
-    json.dumps({"status": "finished", "final": final, "best": final})
-  )
+  summary = {"status": "finished", "final": final, "best": final}
+  if mc is not None:
+    summary["mc"] = {"samples": 10, "val/accuracy": mc, "test/accuracy": mc}
+  (folder / "summary.json").write_text(json.dumps(summary))
   recs = [
     {
       "epoch": e,
       "event": "eval",
       "train/accuracy": train_acc * e / 10,
       "val/accuracy": val_acc * e / 10,
+      "val/loss": 1.0 / e,
     }
     for e in (5, 10)
   ]
+  recs += [{"epoch": e, "train_loss": 1.0 / e} for e in (5, 10)]
   (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
 
@@ -55,7 +61,16 @@ def test_placement_of():
     "all",
     0.2,
   )
-  assert report.placement_of({"dropout": {**z, "input": 0.2, "output": 0.3}})[0] == "custom"
+  assert report.placement_of({"dropout": {**z, "input": 0.2, "output": 0.3}}) == (
+    "custom: input 0.2, output 0.3",
+    0.0,
+  )
+  locked = {**z, "output": 0.3, "time_locked": ["output"]}
+  assert report.placement_of({"dropout": locked}) == ("output (locked)", 0.3)
+  partly = {**z, "input": 0.5, "output": 0.5, "between": 0.5, "time_locked": ["output"]}
+  assert report.placement_of({"dropout": partly})[0] == (
+    "custom: input 0.5, between 0.5, output 0.5; locked output"
+  )
 
 
 def test_tables_are_means_and_t_intervals_over_seeds(tmp_path):
@@ -64,7 +79,7 @@ def test_tables_are_means_and_t_intervals_over_seeds(tmp_path):
   for s in range(3):
     _fake_run(runs, "none_0", {}, s, 1.0, 1.0 - gaps["none_0"][s])
     _fake_run(runs, "output_0.3", {"output": 0.3}, s, 0.95, 0.95 - gaps["output_0.3"][s])
-  paths = report.build_overfit_report(runs, tmp_path / "out", "title")
+  paths = report.build_report(runs, tmp_path / "out", "title")
   rows = list(csv.DictReader(paths["csv"].read_text().splitlines()))
   assert [(r["placement"], r["rate"]) for r in rows] == [("none", "0.0"), ("output", "0.3")]
   for r, key in zip(rows, gaps, strict=True):
@@ -93,7 +108,7 @@ def test_report_from_trained_run_folders(tmp_path):
   ]
   names = [f"{'none_0' if c.dropout.output == 0 else 'output_0.4'}/seed_{c.seed}" for c in cfgs]
   summaries = train_runs(cfgs, [tmp_path / "runs" / n for n in names], progress=False)
-  paths = report.build_overfit_report(tmp_path / "runs", tmp_path / "out")
+  paths = report.build_report(tmp_path / "runs", tmp_path / "out")
   rows = {
     (r["placement"], r["rate"]): r for r in csv.DictReader(paths["csv"].read_text().splitlines())
   }
@@ -102,10 +117,65 @@ def test_report_from_trained_run_folders(tmp_path):
   assert rows[("none", "0.0")]["seeds"] == "2"
 
 
+def test_runs_that_differ_in_anything_but_the_seed_never_share_a_row(tmp_path):
+  """Datasets, epochs, time-locking: each its own row, with the varying fields as columns."""
+  runs = tmp_path / "runs"
+  for s in range(2):
+    _fake_run(runs, "a", {"output": 0.3}, s, 1.0, 0.8)
+    _fake_run(runs, "b", {"output": 0.3}, s, 1.0, 0.7, epochs=20)
+    _fake_run(runs, "c", {"output": 0.3}, s, 1.0, 0.6, dataset="synthetic")
+    _fake_run(runs, "d", {"output": 0.3}, s, 1.0, 0.5, locked=["output"])
+  paths = report.build_report(runs, tmp_path / "out")
+  rows = list(csv.DictReader(paths["csv"].read_text().splitlines()))
+  assert len(rows) == 4 and all(r["seeds"] == "2" for r in rows)
+  assert {(r["dataset"], r["epochs"], r["placement"]) for r in rows} == {
+    ("GunPoint", "10", "output"),
+    ("GunPoint", "20", "output"),
+    ("synthetic", "10", "output"),
+    ("GunPoint", "10", "output (locked)"),
+  }
+  assert "| dataset | epochs | placement | rate | seeds |" in paths["md"].read_text()
+
+
+def test_monte_carlo_scores_are_columns_and_every_plot_is_written(tmp_path):
+  runs = tmp_path / "runs"
+  for s in range(2):
+    _fake_run(runs, "none", {}, s, 1.0, 0.8, mc=0.85)
+    _fake_run(runs, "out", {"output": 0.5}, s, 0.9, 0.8 + 0.1 * s, mc=0.9)
+  paths = report.build_report(runs, tmp_path / "out")
+  md = paths["md"].read_text()
+  assert "MC val acc" in md and "MC test acc" in md and "0.900 ± 0.000" in md
+  for kind in ("curves", "losses", "gap"):
+    assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gap_plot_draws_intervals_only_from_three_seeds(tmp_path, monkeypatch):
+  """With 2 seeds a t-interval (t = 12.7) would swamp the plot: dots instead."""
+  from lstmdrop_jax import plots
+
+  runs = tmp_path / "runs"
+  for s in range(2):
+    _fake_run(runs, "out", {"output": 0.5}, s, 0.9, 0.8 + 0.1 * s)
+  for s in range(3):
+    _fake_run(runs, "inp", {"input": 0.5}, s, 0.9, 0.8 + 0.05 * s)
+  drawn = []
+  import matplotlib.axes
+
+  vlines = matplotlib.axes.Axes.vlines
+
+  def spy(self, x, lo, hi, **kwargs):
+    drawn.append(hi - lo)
+    return vlines(self, x, lo, hi, **kwargs)
+
+  monkeypatch.setattr(matplotlib.axes.Axes, "vlines", spy)
+  plots.plot_gap(report.report_rows(report.load_runs(runs)), tmp_path / "gap.png")
+  assert len(drawn) == 1  # the 3-seed setting only
+
+
 def test_report_errors_name_the_problem(tmp_path):
   with pytest.raises(ValueError, match="no run folders"):
-    report.build_overfit_report(tmp_path, tmp_path / "out")
+    report.build_report(tmp_path, tmp_path / "out")
   (tmp_path / "r").mkdir()
   (tmp_path / "r" / "config.json").write_text(json.dumps({"dropout": {}}))
   with pytest.raises(ValueError, match=r"none of the 1 runs .* has finished"):
-    report.build_overfit_report(tmp_path, tmp_path / "out")
+    report.build_report(tmp_path, tmp_path / "out")
