@@ -90,7 +90,12 @@ class RunCheckpoints:
     return self._manager(which).latest_step()
 
   def restore(
-    self, target: Any = None, *, which: str = "last", epoch: int | None = None
+    self,
+    target: Any = None,
+    *,
+    which: str = "last",
+    epoch: int | None = None,
+    from_target: tuple[str, ...] = (),
   ) -> tuple[Any, dict[str, Any]] | None:
     """Restores ``(state, meta)``; None when there is no checkpoint.
 
@@ -101,22 +106,31 @@ class RunCheckpoints:
         first local device, whatever device layout wrote it.
       which: ``"last"`` or ``"best"``.
       epoch: which epoch (default: the latest).
+      from_target: fields of a dataclass ``target`` (``.replace``) to take
+        from it rather than from the checkpoint: values the run's config
+        fixes, whose saved form may differ (older versions saved fewer).
     """
     mgr = self._manager(which)
     epoch = mgr.latest_step() if epoch is None else epoch
     if epoch is None:
       return None
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    as_saved = lambda tree: jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
+    )
     if target is None:
-      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        mgr.item_metadata(epoch)["state"],
-      )
+      abstract = as_saved(mgr.item_metadata(epoch)["state"])
     else:
       abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    if from_target:
+      saved = mgr.item_metadata(epoch)["state"]
+      abstract = abstract.replace(**{n: as_saved(saved[n]) for n in from_target})
     args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
     out = mgr.restore(epoch, args=args)
-    return out["state"], dict(out["meta"])
+    state = out["state"]
+    if from_target:
+      state = state.replace(**{n: getattr(target, n) for n in from_target})
+    return state, dict(out["meta"])
 
   def _manager(self, which: str) -> ocp.CheckpointManager:
     if which not in ("last", "best"):

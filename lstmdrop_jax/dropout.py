@@ -5,47 +5,118 @@ applying it is inverted dropout: kept units become ``x / (1 - rate)``, dropped
 units become 0, so the expected activation is unchanged and evaluation needs
 no rescaling.
 
-Placements (where a mask acts in an ``LSTMStack``):
+Every placement is declared once, in ``REGISTRY`` (its name, where it acts,
+whether it can be time-locked, whether only language models have it, and a
+fixed mask-stream id); ``DropoutConfig``'s fields, its validation, the
+command-line flags, the masks' keys and the report's labels all derive from
+it. The placements:
 
-* ``input``: on the features (or embeddings) before the first LSTM layer.
-* ``between``: on each layer's output sequence before the next LSTM layer.
-* ``output``: on the last LSTM layer's output, before the dense head.
-
-Extensions:
-
+* ``input``, ``between``, ``output``: on the features (or embeddings) before
+  the first layer, between layers, and on the last layer's output; a fresh
+  mask per step or one per sequence (``time_locked``).
 * ``recurrent``: a time-locked mask on ``h_{t-1}`` inside the recurrence
   (Gal & Ghahramani, 2016), one mask per layer and sequence.
 * ``weight``: DropConnect on the recurrent kernel ``W_hh`` (Merity et al.,
   2018), one mask per layer and forward pass, shared by the batch.
 * ``embedding``: whole-word dropout for language models: a word's embedding
   row is dropped for the whole batch (Gal & Ghahramani, 2016).
+* ``zoneout_h``, ``zoneout_c``: zoneout (Krueger et al., 2017): each unit of
+  h (or c) keeps its previous value with this probability; not inverted
+  dropout, and at evaluation the expectation is used (the only placement
+  that acts with ``train=False``).
+* ``semeniuta``: dropout on the cell update g only (Semeniuta et al., 2016,
+  "recurrent dropout without memory loss"), per step or time-locked.
+* ``rnndrop``: one mask per sequence on the cell state c (Moon et al.,
+  2015); see ``fused.py`` for its scaling.
 
 Rates may be Python floats (checked: ``0 <= rate < 1``; a rate of exactly 0
 compiles to nothing) or JAX scalars, so a jitted step can take rates as traced
 arguments and compile once for a whole grid of rates. ``DropoutConfig`` is a
-pytree whose leaves are the six rates.
+pytree whose leaves are the rates.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
+from typing_extensions import Doc
 
 Array = jax.Array
 
-#: Placements of the non-recurrent dropout masks, in stack order.
-PLACEMENTS: tuple[str, ...] = ("input", "between", "output")
-#: Every rate field of ``DropoutConfig``.
-RATE_FIELDS: tuple[str, ...] = (*PLACEMENTS, "recurrent", "weight", "embedding")
 
-# Stable integers that separate the key streams of the masks: a mask's key is
-# fold_in(fold_in(key, MASK_STREAMS[kind]), layer), so no two kinds or layers
-# ever share a mask.
-MASK_STREAMS: dict[str, int] = {name: i for i, name in enumerate(RATE_FIELDS)}
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """One place a dropout mask can act, declared once (``REGISTRY``).
+
+  Attributes:
+    name: the ``DropoutConfig`` field of its rate (and ``--dropout.<name>``).
+    stream: a fixed id that separates its masks' keys from every other
+      placement's (``mask_key``); never reused, never a tuple position, so
+      adding a placement never changes an existing one's masks.
+    acts_on: where the mask acts (the field's help text).
+    lockable: ``time_locked`` may name it (one mask per sequence instead of
+      one per step).
+    lm_only: only language models have it (``SequenceClassifier`` refuses it).
+    in_cell: it acts inside the recurrence (``fused.py``).
+  """
+
+  name: str
+  stream: int
+  acts_on: str
+  lockable: bool = False
+  lm_only: bool = False
+  in_cell: bool = False
+
+
+REGISTRY: tuple[Placement, ...] = (
+  Placement("input", 0, "the features (or embeddings) entering the first layer", lockable=True),
+  Placement("between", 1, "each layer's output sequence before the next layer", lockable=True),
+  Placement("output", 2, "the last layer's output before the head (or softmax)", lockable=True),
+  Placement(
+    "recurrent", 3, "h_{t-1} inside each layer, one mask per sequence (Gal & Ghahramani, 2016)",
+    in_cell=True,
+  ),
+  Placement(
+    "weight", 4, "each layer's recurrent kernel W_hh, one mask per pass (DropConnect)",
+    in_cell=True,
+  ),
+  Placement("embedding", 5, "whole words: an embedding row for the whole batch", lm_only=True),
+  Placement(
+    "zoneout_h", 6,
+    "h by zoneout (Krueger et al., 2017): each unit keeps h_{t-1} with this probability; the "
+    "expectation at evaluation",
+    in_cell=True,
+  ),
+  Placement(
+    "zoneout_c", 7, "the cell state c by zoneout, as zoneout_h (Krueger et al., 2017)",
+    in_cell=True,
+  ),
+  Placement(
+    "semeniuta", 8, "the cell update g only (Semeniuta et al., 2016)", lockable=True,
+    in_cell=True,
+  ),
+  Placement(
+    "rnndrop", 9, "the cell state c, one mask per sequence (Moon et al., 2015, RNNDrop)",
+    in_cell=True,
+  ),
+)  # fmt: skip
+
+#: The stack's placements between layers, in stack order (the over-fitting
+#: grid's settings, and what ``time_locked=True`` locks).
+PLACEMENTS: tuple[str, ...] = tuple(p.name for p in REGISTRY if not p.in_cell and not p.lm_only)
+#: Every rate field of ``DropoutConfig``, in registry order.
+RATE_FIELDS: tuple[str, ...] = tuple(p.name for p in REGISTRY)
+#: Placements ``time_locked`` may name.
+LOCKABLE: tuple[str, ...] = tuple(p.name for p in REGISTRY if p.lockable)
+#: The key stream of each placement's masks: ``mask_key``.
+MASK_STREAMS: dict[str, int] = {p.name: p.stream for p in REGISTRY}
+BY_NAME: dict[str, Placement] = {p.name: p for p in REGISTRY}
+assert len(set(MASK_STREAMS.values())) == len(REGISTRY), "a stream id is used twice"
 
 
 def _is_concrete(rate: Any) -> bool:
@@ -74,45 +145,8 @@ def check_rate(name: str, rate: Any) -> None:
     )
 
 
-@jax.tree_util.register_pytree_node_class
-@dataclasses.dataclass(frozen=True)
-class DropoutConfig:
-  """Dropout rates for an ``LSTMStack`` and the models built on it.
-
-  Rates are floats, or JAX scalars inside a jitted function (see
-  ``as_arrays``).
-
-  Attributes:
-    input: rate on the features (or embeddings) entering the first layer.
-    between: rate on each layer's output sequence before the next layer.
-    output: rate on the last layer's output before the dense head.
-    recurrent: rate of a time-locked mask on ``h_{t-1}`` inside each layer.
-    weight: DropConnect rate on each layer's recurrent kernel ``W_hh``.
-    embedding: whole-word dropout rate (``LanguageModel`` only).
-    time_locked: which of ``input``/``between``/``output`` draw one mask per
-      sequence, shared by all time steps (variational dropout), instead of a
-      fresh mask at every step. ``True`` means all three, ``False`` none, or
-      give a collection of placement names.
-
-  Example::
-
-    DropoutConfig(output=0.3)                       # the seed's Example 2
-    DropoutConfig(input=0.5, between=0.5, output=0.5)   # Zaremba et al.
-    DropoutConfig(input=0.35, between=0.2, output=0.4, recurrent=0.2,
-                  time_locked=True)                 # Gal & Ghahramani
-
-  Raises:
-    ValueError: a rate outside ``[0, 1)``, or an unknown placement name in
-      ``time_locked``.
-  """
-
-  input: float = 0.0
-  between: float = 0.0
-  output: float = 0.0
-  recurrent: float = 0.0
-  weight: float = 0.0
-  embedding: float = 0.0
-  time_locked: bool | tuple[str, ...] = False
+class _DropoutConfigMethods:
+  """The methods of ``DropoutConfig``, whose fields come from ``REGISTRY``."""
 
   def __post_init__(self):
     for name in RATE_FIELDS:
@@ -122,14 +156,14 @@ class DropoutConfig:
       locked = PLACEMENTS if locked else ()
     elif isinstance(locked, str):
       locked = (locked,)
-    unknown = sorted(set(locked) - set(PLACEMENTS))
+    unknown = sorted(set(locked) - set(LOCKABLE))
     if unknown:
       raise ValueError(
         f"unknown placement(s) {unknown} in time_locked; valid placements are "
-        f"{list(PLACEMENTS)} (or pass True/False for all/none)"
+        f"{list(LOCKABLE)} (or pass True/False for {'/'.join(PLACEMENTS)}/none)"
       )
-    # Normalised to a tuple in placement order (hashable, JSON- and CLI-friendly).
-    object.__setattr__(self, "time_locked", tuple(p for p in PLACEMENTS if p in locked))
+    # Normalised to a tuple in registry order (hashable, JSON- and CLI-friendly).
+    object.__setattr__(self, "time_locked", tuple(p for p in LOCKABLE if p in locked))
 
   @classmethod
   def from_placements(cls, rates: dict[str, Any], **kwargs) -> DropoutConfig:
@@ -148,6 +182,41 @@ class DropoutConfig:
 
   def is_time_locked(self, placement: str) -> bool:
     return placement in self.time_locked
+
+  def lm_only_on(self) -> tuple[str, ...]:
+    """Language-model placements with a concrete non-zero rate (a classifier refuses them)."""
+    return tuple(
+      p.name
+      for p in REGISTRY
+      if p.lm_only and _is_concrete(getattr(self, p.name)) and float(getattr(self, p.name))
+    )
+
+  def active(self, *, lm: bool = True) -> tuple[str, ...]:
+    """The placements whose rate is not a concrete zero (those of language models only
+    when ``lm``)."""
+    return tuple(
+      p.name for p in REGISTRY if (lm or not p.lm_only) and not is_off(getattr(self, p.name))
+    )
+
+  def with_rates_of(self, rates: DropoutConfig) -> DropoutConfig:
+    """``rates``' values (traced ones included) at the placements this config uses, a
+    concrete zero elsewhere (so those compile to nothing); ``time_locked`` is this one's."""
+    active = self.active()
+    values = {n: getattr(rates, n) if n in active else 0.0 for n in RATE_FIELDS}
+    return self.tree_unflatten(self.time_locked, tuple(values.values()))
+
+  @classmethod
+  def union(cls, configs: Sequence[DropoutConfig]) -> DropoutConfig:
+    """A config that uses every placement any of ``configs`` uses (at its largest rate):
+    the placements of a group of runs trained together. They must agree on
+    ``time_locked``."""
+    locked = {c.time_locked for c in configs}
+    if len(locked) > 1:
+      raise ValueError(f"runs trained together must agree on time_locked, got {sorted(locked)}")
+    return cls(
+      **{n: max(float(getattr(c, n)) for c in configs) for n in RATE_FIELDS},
+      time_locked=configs[0].time_locked,
+    )
 
   def replace(self, **changes) -> DropoutConfig:
     return dataclasses.replace(self, **changes)
@@ -173,14 +242,60 @@ class DropoutConfig:
     return obj
 
 
+_LOCKED_HELP = (
+  "which placements draw one mask per sequence, shared by all time steps (variational "
+  f"dropout), instead of a fresh mask at every step: any of {', '.join(LOCKABLE)}; True means "
+  f"{', '.join(PLACEMENTS)}, False none"
+)
+
+DropoutConfig = jax.tree_util.register_pytree_node_class(
+  dataclasses.make_dataclass(
+    "DropoutConfig",
+    [(p.name, Annotated[float, Doc(f"Rate on {p.acts_on}.")], 0.0) for p in REGISTRY]
+    + [("time_locked", Annotated[bool | tuple[str, ...], Doc(_LOCKED_HELP)], False)],
+    bases=(_DropoutConfigMethods,),
+    frozen=True,
+  )
+)
+DropoutConfig.__module__ = __name__
+DropoutConfig.__doc__ = f"""Dropout rates for an ``LSTMStack`` and the models built on it.
+
+  One rate per placement of ``REGISTRY`` (in this order, the first three
+  positional), each ``0 <= rate < 1``, and ``time_locked``. Rates are floats,
+  or JAX scalars inside a jitted function (see ``as_arrays``).
+
+  Attributes:
+{chr(10).join(f"    {p.name}: rate on {p.acts_on}." for p in REGISTRY)}
+    time_locked: {_LOCKED_HELP}.
+
+  Example::
+
+    DropoutConfig(output=0.3)                       # the seed's Example 2
+    DropoutConfig(input=0.5, between=0.5, output=0.5)   # Zaremba et al.
+    DropoutConfig(input=0.35, between=0.2, output=0.4, recurrent=0.2,
+                  time_locked=True)                 # Gal & Ghahramani
+    DropoutConfig(zoneout_h=0.05, zoneout_c=0.5)    # Krueger et al.
+
+  Raises:
+    ValueError: a rate outside ``[0, 1)``, or a placement in ``time_locked``
+      that cannot be time-locked.
+  """
+
+
 def mask_key(key: Array, kind: str, layer: int = 0) -> Array:
-  """The key of the mask of ``kind`` (a ``RATE_FIELDS`` name) at ``layer``."""
+  """The key of the mask of ``kind`` (a ``REGISTRY`` name) at ``layer``:
+  ``fold_in(fold_in(key, stream), layer)``, so no two placements or layers share a mask."""
   return jax.random.fold_in(jax.random.fold_in(key, MASK_STREAMS[kind]), layer)
 
 
 def keep_mask(key: Array, rate: Any, shape: tuple[int, ...]) -> Array:
   """A boolean keep-mask: each entry is True with probability ``1 - rate``."""
   return jax.random.bernoulli(key, 1.0 - jnp.asarray(rate, jnp.float32), shape)
+
+
+def zone_mask(key: Array, rate: Any, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+  """Zoneout's keep-previous mask: each entry is 1 with probability ``rate``, else 0."""
+  return jax.random.bernoulli(key, jnp.asarray(rate, jnp.float32), shape).astype(dtype)
 
 
 def sequence_mask(

@@ -17,6 +17,24 @@ backward loop: shifting a stacked block costs far less than writing three
 more blocks one step at a time. Same equations, layout and masking as the
 ``nn.scan`` cell (``lstm._ScanCell``); ``tests/test_fused.py`` checks values
 and gradients against autodiff of that cell.
+
+The in-cell dropout variants (``CELL_VARIANTS``) enter the step as masks
+drawn outside the loop (``cell``: a dict, each entry ``[T, B, H]`` for a
+fresh mask at every step, ``[B, H]`` for one mask per sequence, or a scalar).
+With the step's candidate state ``c~ = k (f c_{t-1} + i (u g))`` and output
+``h~ = r o tanh(c~)``::
+
+  semeniuta  u: dropout on the cell update g (Semeniuta et al., 2016)
+  rnndrop    k in {0, 1}, r = k / (1 - p): one mask per sequence on the cell
+             state (Moon et al., 2015); a dropped unit's cell is zero, a kept
+             unit's output is scaled so its expectation is unchanged (scaling
+             the cell itself would compound through the recurrence)
+  zoneout_c  c_t = z c_{t-1} + (1 - z) c~ (Krueger et al., 2017; z the
+             keep-previous mask, or its probability at evaluation)
+  zoneout_h  h_t = z h_{t-1} + (1 - z) h~
+
+A variant that is off is absent from ``cell`` and adds nothing to the
+compiled loop.
 """
 
 from __future__ import annotations
@@ -77,34 +95,67 @@ def gate_activations(z_BG: Array) -> Array:
   return jnp.where(is_g, t, 0.5 * t + 0.5)
 
 
-def _step(h, c, xw_BG, valid_B, kernel_hh, scale_BH, cdt):
-  """One step: returns the new carry ``(h, c)``, the output and the gate activations."""
+#: The in-cell variants ``cell`` may hold (``recurrent`` is ``scale_BH``).
+CELL_VARIANTS = ("zoneout_h", "zoneout_c", "semeniuta", "rnndrop_keep", "rnndrop_scale")
+
+
+def _split_cell(cell: dict | None) -> tuple[dict, dict]:
+  """``cell`` -> (per-step masks ``[T, B, H]``, loop-invariant masks or scalars)."""
+  cell = cell or {}
+  unknown = sorted(set(cell) - set(CELL_VARIANTS))
+  if unknown:
+    raise ValueError(f"unknown cell variants {unknown}; valid ones are {list(CELL_VARIANTS)}")
+  per_step = {k: v for k, v in cell.items() if jnp.ndim(v) == 3}
+  return per_step, {k: v for k, v in cell.items() if k not in per_step}
+
+
+def _step(h, c, xw_BG, valid_B, kernel_hh, scale_BH, cdt, cell_t=None):
+  """One step: the new carry ``(h, c)``, the output, the gate activations and ``c~``.
+
+  ``cell_t``: this step's in-cell masks (see the module doc); None or empty
+  for the plain LSTM.
+  """
+  m = cell_t or {}
   h_in = h if scale_BH is None else h * scale_BH
   z = xw_BG + jnp.dot(h_in.astype(cdt), kernel_hh, preferred_element_type=xw_BG.dtype)
   act = gate_activations(z)
   i, f, g, o = jnp.split(act, 4, axis=-1)
+  if "semeniuta" in m:
+    g = g * m["semeniuta"]
   c_new = f * c + i * g
+  if "rnndrop_keep" in m:
+    c_new = c_new * m["rnndrop_keep"]
   h_new = o * jnp.tanh(c_new)
+  if "rnndrop_scale" in m:
+    h_new = h_new * m["rnndrop_scale"]
+  c_cand = c_new
+  if "zoneout_c" in m:
+    c_new = m["zoneout_c"] * c + (1.0 - m["zoneout_c"]) * c_new
+  if "zoneout_h" in m:
+    h_new = m["zoneout_h"] * h + (1.0 - m["zoneout_h"]) * h_new
   if valid_B is None:
-    return h_new, c_new, h_new, act
+    return h_new, c_new, h_new, act, c_cand
   v = valid_B[:, None]
-  return jnp.where(v, h_new, h), jnp.where(v, c_new, c), jnp.where(v, h_new, 0.0), act
+  return jnp.where(v, h_new, h), jnp.where(v, c_new, c), jnp.where(v, h_new, 0.0), act, c_cand
 
 
-def _forward(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, unroll):
-  """The loop; residuals ``(act, c carries, h carries or None)``, each stacked over T."""
+def _forward(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, cell, unroll):
+  """The loop; residuals ``(act, c carries, h carries, c~ or None)``, each stacked over T."""
   cdt = kernel_hh.dtype
   padded = valid_TB is not None
+  per_step, invariant = _split_cell(cell)
+  keep_cand = "zoneout_c" in (cell or {})  # only then does c~ differ from the c carry
 
   def body(carry, xs):
     h, c = carry
-    xw, v = xs
-    h, c, y, act = _step(h, c, xw, v, kernel_hh, scale_BH, cdt)
-    return (h, c), (y, act, c, h if padded else None)
+    xw, v, masks_t = xs
+    h, c, y, act, c_cand = _step(h, c, xw, v, kernel_hh, scale_BH, cdt, {**invariant, **masks_t})
+    return (h, c), (y, act, c, h if padded else None, c_cand if keep_cand else None)
 
-  (hT, cT), (ys, act, cs, hs) = jax.lax.scan(body, (h0, c0), (xw_TBG, valid_TB), unroll=unroll)
+  xs = (xw_TBG, valid_TB, per_step)
+  (hT, cT), (ys, act, cs, hs, cands) = jax.lax.scan(body, (h0, c0), xs, unroll=unroll)
   # Without padding the h carries are the outputs.
-  return (hT, cT), ys, (act, cs, ys if hs is None else hs)
+  return (hT, cT), ys, (act, cs, ys if hs is None else hs, cands)
 
 
 def _shift_in(first_BX: Array, stacked_TBX: Array) -> Array:
@@ -112,7 +163,7 @@ def _shift_in(first_BX: Array, stacked_TBX: Array) -> Array:
   return jnp.concatenate([first_BX[None], stacked_TBX[:-1]], axis=0)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(6,))
+@partial(jax.custom_vjp, nondiff_argnums=(7,))
 def lstm_recurrence(
   xw_TBG: Array,
   kernel_hh: Array,
@@ -120,6 +171,7 @@ def lstm_recurrence(
   c0: Array,
   valid_TB: Array | None,
   scale_BH: Array | None,
+  cell: dict[str, Array] | None,
   unroll: int,
 ) -> tuple[tuple[Array, Array], Array]:
   """Runs the LSTM over time given the hoisted input projection.
@@ -131,59 +183,95 @@ def lstm_recurrence(
     valid_TB: bool ``[T, B]``, False at padded steps (which leave the carry
       unchanged and emit zeros), or None.
     scale_BH: recurrent dropout scale on ``h_{t-1}`` (0 or ``1/(1-p)``), or None.
+    cell: the in-cell variants' masks (module doc), or None.
     unroll: time steps per scan iteration.
 
   Returns:
     ``((h_T, c_T), ys_TBH)``.
+
+  Raises:
+    TypeError: under forward-mode autodiff (``jax.jvp``, ``jacfwd``,
+      ``hessian``), which the hand-written backward pass cannot serve; the
+      message names ``impl="scan"``, which can.
   """
-  carry, ys, _ = _forward(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, unroll)
+  carry, ys, _ = _forward(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, cell, unroll)
   return carry, ys
 
 
-def _fwd(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, unroll):
-  carry, ys, res = _forward(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, unroll)
-  return (carry, ys), (res, h0, c0, kernel_hh, valid_TB, scale_BH)
+def _fwd(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, cell, unroll):
+  carry, ys, res = _forward(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, cell, unroll)
+  return (carry, ys), (res, h0, c0, kernel_hh, valid_TB, scale_BH, cell)
+
+
+def _coefficients(act, cs, c0, cands, per_step, invariant):
+  """Everything of the backward step that does not depend on the backward carry,
+  for all steps at once: ``(A, coef, ft)`` with (see ``_bwd``) the cotangents
+  ``dc~ = w + hu * A``, ``dz = [dc~, dc~, dc~, hu] * coef``, ``dc_{t-1} = dc~ * ft``.
+  """
+  masks = {**invariant, **per_step}
+  i, f, g, o = jnp.split(act, 4, axis=-1)
+  c_prev = _shift_in(c0, cs)
+  # At a padded step cs holds the unchanged carry, not c~; its coefficients
+  # are then never used (the loop zeroes u and w there), they only need to be
+  # finite.
+  tc = jnp.tanh(cs if cands is None else cands)
+  if not masks.keys() - {"zoneout_h"}:  # the plain LSTM (zoneout of h acts outside)
+    k_c = o * (1.0 - tc * tc)
+    coef = jnp.concatenate(
+      [g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)], -1
+    )
+    return k_c, coef, f
+  u = masks.get("semeniuta", 1.0)
+  k = masks.get("rnndrop_keep", 1.0)
+  r = masks.get("rnndrop_scale", 1.0)
+  A = r * o * (1.0 - tc * tc)
+  coef = jnp.concatenate(
+    [k * (u * g) * i * (1.0 - i), k * c_prev * f * (1.0 - f), k * u * i * (1.0 - g * g),
+     r * tc * o * (1.0 - o)],
+    -1,
+  )  # fmt: skip
+  return A, coef, k * f
 
 
 def _bwd(unroll, saved, cotangents):
-  (act, cs, hs), h0, c0, kernel_hh, valid_TB, scale_BH = saved
+  (act, cs, hs, cands), h0, c0, kernel_hh, valid_TB, scale_BH, cell = saved
   (dhT, dcT), dys = cotangents
-  # The carries entering each step, and tanh(c_t). At a padded step cs holds
-  # the unchanged carry, not c_t; its coefficients are then never used (the
-  # loop zeroes u and w there), they only need to be finite.
-  c_prev, h_prev, tc = _shift_in(c0, cs), _shift_in(h0, hs), jnp.tanh(cs)
+  per_step, invariant = _split_cell(cell)
+  h_prev = _shift_in(h0, hs)
   cdt = kernel_hh.dtype
   kernel_t = kernel_hh.T
-  # Everything that does not depend on the backward carry is computed here,
-  # for all steps at once (large, parallel elementwise work); the loop keeps
-  # only what the recurrence needs. With u = dL/dh_t and w = dL/dc_t:
-  #   w_total = w + u * o (1 - tanh(c)^2)
-  #   dz = [w_total, w_total, w_total, u] * [g i(1-i), c_prev f(1-f), i (1-g^2), tanh(c) o(1-o)]
-  #   dL/dc_{t-1} = w_total * f,   dL/dh_{t-1} = dz @ W_hh^T
-  i, f, g, o = jnp.split(act, 4, axis=-1)
-  k_c = o * (1.0 - tc * tc)
-  coef = jnp.concatenate(
-    [g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)], -1
-  )
+  # With u = dL/dh_t and w = dL/dc_t (zoneout: hu = u (1 - z_h), w (1 - z_c)):
+  #   dc~ = w + hu * A,  dz = [dc~, dc~, dc~, hu] * coef,
+  #   dL/dc_{t-1} = dc~ * ft (+ w z_c),  dL/dh_{t-1} = dz @ W_hh^T (* scale) (+ u z_h)
+  A, coef, ft = _coefficients(act, cs, c0, cands, per_step, invariant)
   v_TB1 = None if valid_TB is None else valid_TB[..., None].astype(coef.dtype)
+  zh_inv, zc_inv = invariant.get("zoneout_h"), invariant.get("zoneout_c")
 
   def body(carry, xs):
     dh, dc = carry  # cotangents of the carry leaving this step
-    dy, k, cf, ft, v = xs
+    dy, a, cf, ft_t, v, masks_t = xs
+    zh = masks_t.get("zoneout_h", zh_inv)
+    zc = masks_t.get("zoneout_c", zc_inv)
     if v is None:
       u, w = dh + dy, dc
     else:  # a padded step passes the cotangents through untouched
       u, w = (dh + dy) * v, dc * v
-    w_total = w + u * k
-    dz = jnp.concatenate([w_total, w_total, w_total, u], -1) * cf
+    hu = u if zh is None else u * (1.0 - zh)
+    wc = w if zc is None else w * (1.0 - zc)
+    w_total = wc + hu * a
+    dz = jnp.concatenate([w_total, w_total, w_total, hu], -1) * cf
     dh_in = jnp.dot(dz.astype(cdt), kernel_t, preferred_element_type=dz.dtype)
     dh_prev = dh_in if scale_BH is None else dh_in * scale_BH
-    dc_prev = w_total * ft
+    dc_prev = w_total * ft_t
+    if zh is not None:
+      dh_prev = dh_prev + u * zh
+    if zc is not None:
+      dc_prev = dc_prev + w * zc
     if v is not None:
       dh_prev, dc_prev = dh_prev + dh * (1.0 - v), dc_prev + dc * (1.0 - v)
     return (dh_prev, dc_prev), (dz, None if scale_BH is None else dh_in)
 
-  xs = (dys, k_c, coef, f, v_TB1)
+  xs = (dys, A, coef, ft, v_TB1, per_step)
   (dh0, dc0), (dz_TBG, dh_in_TBH) = jax.lax.scan(body, (dhT, dcT), xs, reverse=True, unroll=unroll)
   h_in = h_prev if scale_BH is None else h_prev * scale_BH
   # The weight gradient: one [H, T*B] @ [T*B, 4H] matmul over all steps,
@@ -191,15 +279,16 @@ def _bwd(unroll, saved, cotangents):
   dkernel = contract_steps(h_in.astype(cdt), dz_TBG.astype(cdt), jnp.float32)
   dkernel = dkernel.astype(kernel_hh.dtype)
   dscale = None if scale_BH is None else jnp.sum(dh_in_TBH * h_prev, axis=0)
-  return dz_TBG, dkernel, dh0, dc0, None, dscale
+  dcell = None if cell is None else jax.tree.map(jnp.zeros_like, cell)  # masks: no gradient
+  return dz_TBG, dkernel, dh0, dc0, None, dscale, dcell
 
 
 lstm_recurrence.defvjp(_fwd, _bwd)
 
 
 def reference_recurrence(
-  xw_TBG: Array, kernel_hh: Array, h0: Array, c0: Array, valid_TB, scale_BH, unroll: int
+  xw_TBG: Array, kernel_hh: Array, h0: Array, c0: Array, valid_TB, scale_BH, cell, unroll: int
 ) -> tuple[tuple[Array, Array], Array]:
   """The same function differentiated by autodiff (for tests and benchmarks)."""
-  carry, ys, _ = _forward(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, unroll)
+  carry, ys, _ = _forward(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, cell, unroll)
   return carry, ys

@@ -68,11 +68,18 @@ class _ScanCell(nn.Module):
   compute_dtype: Any
 
   @nn.compact
-  def __call__(self, carry, xs, kernel_hh, recurrent_scale_BH):
+  def __call__(self, carry, xs, kernel_hh, recurrent_scale_BH, cell_invariant):
     h_BH, c_BH = carry
-    xw_BG, valid_B = xs
-    h, c, y, _ = fused._step(
-      h_BH, c_BH, xw_BG, valid_B, kernel_hh, recurrent_scale_BH, self.compute_dtype
+    xw_BG, valid_B, cell_t = xs
+    h, c, y, _, _ = fused._step(
+      h_BH,
+      c_BH,
+      xw_BG,
+      valid_B,
+      kernel_hh,
+      recurrent_scale_BH,
+      self.compute_dtype,
+      {**cell_invariant, **cell_t},
     )
     return (h, c), y
 
@@ -117,8 +124,12 @@ class LSTMLayer(_LayerSettings, kw_only=True):
     recurrent_scale_BH: Array | None = None,
     weight_keep_HG: Array | None = None,
     weight_rate: Any = 0.0,
+    cell: dict[str, Array] | None = None,
   ) -> tuple[tuple[Array, Array], Array]:
-    """Returns the final ``(h, c)`` and the outputs ``[T, B, H]`` (float32)."""
+    """Returns the final ``(h, c)`` and the outputs ``[T, B, H]`` (float32).
+
+    ``cell``: the masks of the in-cell variants (``fused.CELL_VARIANTS``).
+    """
     H, F = self.hidden, x_TBF.shape[-1]
     if self.has_variable("params", "kernel_ih"):
       F_init = self.get_variable("params", "kernel_ih").shape[0]
@@ -147,17 +158,30 @@ class LSTMLayer(_LayerSettings, kw_only=True):
     unroll = self.unroll or default_unroll()
     if self.impl == "fused":
       h0, c0 = carry
-      return fused.lstm_recurrence(xw_TBG, kernel_hh, h0, c0, valid_TB, recurrent_scale_BH, unroll)
+      try:
+        return fused.lstm_recurrence(
+          xw_TBG, kernel_hh, h0, c0, valid_TB, recurrent_scale_BH, cell, unroll
+        )
+      except TypeError as e:
+        if "forward-mode" not in str(e):
+          raise
+        raise TypeError(
+          "forward-mode autodiff (jax.jvp, jacfwd, hessian) of the LSTM needs impl='scan': "
+          "the default impl='fused' has a hand-written backward pass, which serves "
+          "reverse mode (jax.grad, vjp, jacrev) only. Build the model with impl='scan' "
+          "(the same function) to differentiate it forwards"
+        ) from None
+    per_step, invariant = fused._split_cell(cell)
     scan = nn.scan(
       _ScanCell,
       variable_broadcast="params",
       split_rngs={"params": False},
-      in_axes=(0, nn.broadcast, nn.broadcast),
+      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
       out_axes=0,
       unroll=unroll,
     )
     return scan(compute_dtype=cdt, name="scan")(
-      carry, (xw_TBG, valid_TB), kernel_hh, recurrent_scale_BH
+      carry, (xw_TBG, valid_TB, per_step), kernel_hh, recurrent_scale_BH, invariant
     )
 
 
@@ -233,7 +257,7 @@ class LSTMStack(_LayerSettings, kw_only=True):
     carry = self.initialize_carry(B) if carry is None else _check_carry(carry, self, B)
 
     cfg = self.dropout
-    drop = train and any(not dr.is_off(getattr(cfg, n)) for n in dr.RATE_FIELDS[:-1])
+    drop = train and bool(cfg.active(lm=False))
     key = None
     if drop:
       if not self.has_rng("dropout"):
@@ -258,22 +282,11 @@ class LSTMStack(_LayerSettings, kw_only=True):
     for layer in range(self.layers):
       if layer > 0:
         x_TBF = drop_seq(x_TBF, "between", layer)
-      recurrent_scale_BH = weight_keep_HG = None
-      if drop and not dr.is_off(cfg.recurrent):
-        keep = dr.keep_mask(dr.mask_key(key, "recurrent", layer), cfg.recurrent, (B, self.hidden))
-        ones = jnp.ones((B, self.hidden), state_dtype(self.compute_dtype))
-        recurrent_scale_BH = dr.apply_mask(ones, keep, cfg.recurrent)
-      if drop and not dr.is_off(cfg.weight):
-        weight_keep_HG = dr.keep_mask(
-          dr.mask_key(key, "weight", layer), cfg.weight, (self.hidden, 4 * self.hidden)
-        )
+      masks = _layer_masks(
+        cfg, key if drop else None, layer, (T, B, self.hidden), state_dtype(self.compute_dtype)
+      )
       layer_carry, x_TBF = LSTMLayer(**self.layer_settings(), name=f"layer_{layer}")(
-        x_TBF,
-        carry[layer],
-        valid_TB=valid_TB,
-        recurrent_scale_BH=recurrent_scale_BH,
-        weight_keep_HG=weight_keep_HG,
-        weight_rate=cfg.weight,
+        x_TBF, carry[layer], valid_TB=valid_TB, weight_rate=cfg.weight, **masks
       )
       new_carry.append(layer_carry)
 
@@ -292,6 +305,45 @@ class LSTMStack(_LayerSettings, kw_only=True):
 _LAYER_FIELDS = tuple(
   f for f in dataclasses.fields(_LayerSettings) if f.name not in ("parent", "name")
 )
+
+
+def _layer_masks(cfg: DropoutConfig, key, layer: int, shape_TBH, dtype) -> dict[str, Any]:
+  """The masks layer ``layer``'s recurrence takes: ``recurrent_scale_BH``,
+  ``weight_keep_HG`` and the in-cell variants' ``cell`` (``fused.py``).
+
+  ``key`` None: evaluation, where only zoneout acts (with its expectation).
+  """
+  _, B, H = shape_TBH
+  on = lambda name: not dr.is_off(getattr(cfg, name))
+  mkey = lambda name: dr.mask_key(key, name, layer)
+  ones = lambda shape: jnp.ones(shape, dtype)
+  out: dict[str, Any] = {"recurrent_scale_BH": None, "weight_keep_HG": None}
+  cell: dict[str, Array] = {}
+  for name in ("zoneout_h", "zoneout_c"):
+    if on(name):
+      p = getattr(cfg, name)
+      expected = key is None
+      cell[name] = (
+        jnp.asarray(p, dtype) if expected else dr.zone_mask(mkey(name), p, shape_TBH, dtype)
+      )
+  if key is not None:
+    if on("recurrent"):
+      keep = dr.keep_mask(mkey("recurrent"), cfg.recurrent, (B, H))
+      out["recurrent_scale_BH"] = dr.apply_mask(ones((B, H)), keep, cfg.recurrent)
+    if on("weight"):
+      out["weight_keep_HG"] = dr.keep_mask(mkey("weight"), cfg.weight, (H, 4 * H))
+    if on("semeniuta"):
+      locked = cfg.is_time_locked("semeniuta")
+      keep = dr.sequence_mask(mkey("semeniuta"), cfg.semeniuta, shape_TBH, locked)
+      scale = dr.apply_mask(ones(keep.shape), keep, cfg.semeniuta)
+      cell["semeniuta"] = scale[0] if locked else scale
+    if on("rnndrop"):
+      keep = dr.keep_mask(mkey("rnndrop"), cfg.rnndrop, (B, H))
+      cell["rnndrop_keep"] = keep.astype(dtype)
+      cell["rnndrop_scale"] = dr.apply_mask(ones((B, H)), keep, cfg.rnndrop)
+  out["cell"] = cell or None
+  return out
+
 
 #: ``"fused"``: a scan with a hand-written backward pass (``fused.py``), the
 #: default; ``"scan"``: ``nn.scan`` over a cell, differentiated by autodiff.

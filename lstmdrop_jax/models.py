@@ -66,10 +66,10 @@ class SequenceClassifier(_OnStack, kw_only=True):
   def __post_init__(self):
     if not isinstance(self.num_classes, int) or self.num_classes < 2:
       raise ValueError(f"num_classes must be an int >= 2, got {self.num_classes!r}")
-    emb = getattr(self.dropout, "embedding", 0.0)
-    if not isinstance(emb, jax.core.Tracer) and float(emb) != 0.0:
+    lm_only = self.dropout.lm_only_on()
+    if lm_only:
       raise ValueError(
-        "embedding dropout drops whole words and applies to LanguageModel only; "
+        f"{', '.join(lm_only)} dropout (whole words) applies to LanguageModel only; "
         "for a SequenceClassifier use DropoutConfig.input on the features"
       )
     super().__post_init__()

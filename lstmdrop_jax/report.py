@@ -55,7 +55,9 @@ def load_runs(root: str | Path) -> list[dict[str, Any]]:
     runs.append(
       {
         "path": folder,
-        "config": read_json(cfg, "restore it, or move the run folder out of the report's folder"),
+        "config": normalized(
+          read_json(cfg, "restore it, or move the run folder out of the report's folder")
+        ),
         "summary": read_summary(folder),
         "records": read_jsonl(folder / "metrics.jsonl"),
       }
@@ -64,24 +66,35 @@ def load_runs(root: str | Path) -> list[dict[str, Any]]:
 
 
 def placement_of(config: dict[str, Any]) -> tuple[str, float]:
-  """``(setting, rate)`` of a config's dropout: ``none``, one of the placements,
-  ``all`` (the three at one rate), each with `` (locked)`` when its masks are
-  time-locked; anything else is ``custom`` with its rates spelled out."""
+  """``(setting, rate)`` of a config's dropout: ``none``; one placement alone (any
+  of ``REGISTRY``); ``all`` (the stack's three placements at one rate); each with
+  `` (locked)`` when its masks are time-locked. Anything else is ``custom`` with
+  its rates spelled out."""
   d = config["dropout"]
   locked = set(d.get("time_locked", ()))
   on = {p: d.get(p, 0.0) for p in RATE_FIELDS if d.get(p, 0.0)}
-  simple = set(on) <= set(PLACEMENTS)
   if not on:
     return "none", 0.0
   suffix = " (locked)" if locked and locked >= set(on) else ""
-  if simple and (not locked or suffix):
+  if not locked or suffix:
     if len(on) == 1:
       ((p, r),) = on.items()
       return p + suffix, r
-    if len(on) == 3 and len(set(on.values())) == 1:
+    if set(on) == set(PLACEMENTS) and len(set(on.values())) == 1:
       return "all" + suffix, next(iter(on.values()))
   rates = ", ".join(f"{p} {r:g}" for p, r in on.items())
   return f"custom: {rates}" + (f"; locked {', '.join(sorted(locked))}" if locked else ""), 0.0
+
+
+def normalized(config: dict[str, Any]) -> dict[str, Any]:
+  """A ``config.json`` with the fields its version lacked at their defaults, so runs
+  written before a field existed group with the runs that have it at its default."""
+  from lstmdrop_jax.config import Config
+
+  try:
+    return Config.from_dict(config).to_dict()
+  except (TypeError, ValueError):  # not a config of this version: as it is
+    return config
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
@@ -152,7 +165,8 @@ def report_rows(runs: Sequence[dict]) -> list[dict[str, Any]]:
 
 def _row_order(row: dict) -> tuple:
   base = row["setting"].split(" (")[0]
-  rank = SETTINGS.index(base) if base in SETTINGS else len(SETTINGS)
+  order = (*SETTINGS, *(n for n in RATE_FIELDS if n not in SETTINGS))
+  rank = order.index(base) if base in order else len(order)
   fields = tuple(json.dumps(v) for v in row["fields"].values())
   return (fields, rank, row["setting"], row["rate"])
 

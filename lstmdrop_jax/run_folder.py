@@ -254,12 +254,15 @@ class RunFolder:
         "given now. Train on the same data to resume it, or choose a new --workdir"
       )
 
-  def resume(self, template: Any) -> tuple[Any, dict[str, Any]] | None:
+  def resume(
+    self, template: Any, from_template: tuple[str, ...] = ()
+  ) -> tuple[Any, dict[str, Any]] | None:
     """The newest intact checkpoint's ``(state, meta)``, or None for a fresh start.
 
     Whatever a killed run wrote after that checkpoint (log records, newer or
     damaged checkpoints) is dropped, so the resumed run repeats those epochs
-    exactly. A damaged checkpoint is skipped with a warning.
+    exactly. A damaged checkpoint is skipped with a warning. ``from_template``:
+    fields taken from ``template`` (``RunCheckpoints.restore``'s ``from_target``).
 
     Raises:
       RunFolderError: there are checkpoints, but none can be read.
@@ -272,7 +275,7 @@ class RunFolder:
     failures = []
     for epoch in reversed(epochs):
       try:
-        state, meta = self.ckpt.restore(template, epoch=epoch)
+        state, meta = self.ckpt.restore(template, epoch=epoch, from_target=from_template)
       except Exception as e:
         failures.append(f"epoch {epoch}: {type(e).__name__}: {str(e)[:200]}")
         warnings.warn(

@@ -165,8 +165,14 @@ LANGUAGE_MODEL = Objective(
 
 
 def _forward(model, objective, params, state, batch, *, train, key=None, carry=None):
-  """Logits and the new carry, with the run's dropout rates from the state."""
-  m = model.clone(dropout=state.dropout)
+  """Logits and the new carry, with the run's dropout rates from the state.
+
+  The model's own ``dropout`` says which placements the step has (its
+  non-zero rates); the state's rates are their values, traced, so one
+  compiled step serves every rate. A placement the model does not use is a
+  concrete zero and compiles to nothing.
+  """
+  m = model.clone(dropout=model.dropout.with_rates_of(state.dropout))
   rngs = None if key is None else {"dropout": key}
   return objective.apply(m, {"params": params}, batch, carry, train, rngs)
 
@@ -177,7 +183,9 @@ def make_train_step(
   """Builds the pure ``train_step(state, batch, key) -> (state, metrics)``.
 
   ``key`` is the run's dropout key; the step's key is ``fold_in(key,
-  state.step)``. The loss is ``objective.loss``. The step is not jitted here:
+  state.step)``. The loss is ``objective.loss``. ``model.dropout`` says
+  which placements exist (for runs trained together, ``DropoutConfig.union``
+  of theirs); ``state.dropout`` holds each run's rates. The step is not jitted here:
   jit it (with ``donate_argnums=0``), vmap it, or scan it over an epoch.
   """
 

@@ -35,6 +35,7 @@ from lstmdrop_jax import optim, steps
 from lstmdrop_jax import parallel as par
 from lstmdrop_jax.config import Config, check_stackable, resume_kind
 from lstmdrop_jax.data import ArrayData
+from lstmdrop_jax.dropout import DropoutConfig
 from lstmdrop_jax.run_folder import (
   RunFolder,
   check_workdir,
@@ -134,6 +135,11 @@ def train_runs(
   return summaries  # type: ignore[return-value]
 
 
+#: Train-state fields the run's config fixes: restored from the config, not the
+#: checkpoint (whose form of them depends on the version that wrote it).
+_FROM_CONFIG = ("dropout",)
+
+
 @dataclasses.dataclass
 class _Run:
   """Host-side bookkeeping of one run (saved as the checkpoint's ``meta``)."""
@@ -199,7 +205,9 @@ class _Group:
     """Builds the model and the jitted epoch and evaluation functions."""
     cfg = configs[0]
     sh = par.shardings(mode, mesh)
-    model = task.model_from(cfg, task.describe(0))
+    # The step has every placement a run of the group uses; each run's rates are in its state.
+    union = dataclasses.replace(cfg, dropout=DropoutConfig.union([c.dropout for c in configs]))
+    model = task.model_from(union, task.describe(0))
     tx = optim.optimizer_of(cfg, task.steps_per_epoch)
     train_epoch = steps.make_train_epoch(model, tx, task.objective)
 
@@ -229,7 +237,7 @@ class _Group:
       folder = RunFolder(p, keep=c.keep_checkpoints, write=par.is_main_process())
       run = _Run(c, folder, len(self.runs), fresh, started=started)
       folder.check_data(self.task.describe(run.index))
-      restored = folder.resume(fresh)
+      restored = folder.resume(fresh, _FROM_CONFIG)
       state = fresh
       if restored is not None:
         state, meta = restored
@@ -379,7 +387,7 @@ class _Group:
     if run.error:
       summary["error"] = run.error
     if run.config.mc_samples and run.best is not None:
-      best_state, _ = run.folder.ckpt.restore(run.template, which="best")
+      best_state, _ = run.folder.ckpt.restore(run.template, which="best", from_target=_FROM_CONFIG)
       model = self.model.clone(dropout=run.config.dropout)
       summary["mc"] = self.task.mc_evaluate(model, best_state, run.index)
     run.folder.write_summary(summary)

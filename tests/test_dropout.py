@@ -160,7 +160,9 @@ def test_rate_outside_unit_interval_rejected(bad):
 
 
 def test_unknown_placement_rejected_with_valid_names():
-  with pytest.raises(ValueError, match=r"valid placements are \['input', 'between', 'output'\]"):
+  with pytest.raises(
+    ValueError, match=r"valid placements are \['input', 'between', 'output', 'semeniuta'\]"
+  ):
     DropoutConfig(output=0.2, time_locked=["outptu"])
   with pytest.raises(ValueError, match=r"valid names are \['input', 'between', 'output'"):
     DropoutConfig.from_placements({"hidden": 0.3})
@@ -170,6 +172,6 @@ def test_unknown_placement_rejected_with_valid_names():
 def test_config_is_a_pytree_with_static_time_locking():
   cfg = DropoutConfig(input=0.1, output=0.3, time_locked=True)
   leaves, treedef = jax.tree.flatten(cfg)
-  assert leaves == [0.1, 0.0, 0.3, 0.0, 0.0, 0.0]
+  assert leaves == [0.1, 0.0, 0.3] + [0.0] * (len(dr.REGISTRY) - 3)
   back = jax.tree.unflatten(treedef, leaves)
   assert back == cfg and back.time_locked == dr.PLACEMENTS

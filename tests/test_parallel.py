@@ -28,7 +28,10 @@ BASE = Config(
   dataset="synthetic",
   hidden=8,
   layers=2,
-  dropout=DropoutConfig(input=0.1, between=0.3, output=0.3, recurrent=0.2),
+  # Every kind of mask: per step, per sequence, in the cell.
+  dropout=DropoutConfig(
+    input=0.1, between=0.3, output=0.3, recurrent=0.2, zoneout_h=0.1, semeniuta=0.2, rnndrop=0.1
+  ),
   epochs=4,
   batch_size=16,
   checkpoint_every=2,

@@ -65,6 +65,9 @@ def test_placement_of():
     "custom: input 0.2, output 0.3",
     0.0,
   )
+  assert report.placement_of({"dropout": {**z, "zoneout_h": 0.1}}) == ("zoneout_h", 0.1)
+  semeniuta = {**z, "semeniuta": 0.2, "time_locked": ["semeniuta"]}
+  assert report.placement_of({"dropout": semeniuta}) == ("semeniuta (locked)", 0.2)
   locked = {**z, "output": 0.3, "time_locked": ["output"]}
   assert report.placement_of({"dropout": locked}) == ("output (locked)", 0.3)
   partly = {**z, "input": 0.5, "output": 0.5, "between": 0.5, "time_locked": ["output"]}

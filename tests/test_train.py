@@ -216,7 +216,7 @@ def test_group_of_runs_writes_one_folder_each(tmp_path):
     (["--dataset", "NoSuchSet"], "unknown dataset 'NoSuchSet'.*GunPoint"),
     (["--dropout.output", "1.5"], r"dropout rate 'output' must satisfy 0 <= rate <.*got 1\.5"),
     (["--epochs", "-3"], "epochs must be an integer >= 1, got -3"),
-    (["--dropout.time-locked", "hidden"], r"valid placements are \['input', 'between', 'output'\]"),
+    (["--dropout.time-locked", "hidden"], r"valid placements are \['input', 'between', 'output',"),
   ],
 )
 def test_bad_cli_values_give_clear_errors(tmp_path, capsys, args, message):

@@ -31,10 +31,11 @@ class ClassificationTask:
   def check_config(cls, config: Any, *, external_data: bool = False) -> None:
     if not external_data:
       data_lib.check_dataset_name(config.dataset, config.data_dir)
-    if float(config.dropout.embedding) != 0.0:
+    lm_only = config.dropout.lm_only_on()
+    if lm_only:
       raise ValueError(
-        "dropout.embedding drops whole words and applies to language models "
-        f"(datasets {', '.join(data_lib.TEXT_DATASETS)}) only; use dropout.input on features"
+        f"dropout.{lm_only[0]} drops whole words and applies to language models (datasets "
+        f"{', '.join(data_lib.TEXT_DATASETS)}) only; use dropout.input on features"
       )
 
   def __init__(self, configs: Sequence[Any], *, devices: int = 1, data: Any = None):
