@@ -304,3 +304,26 @@ def test_the_start_record_counts_the_training_tokens_used(tmp_path):
   train_and_evaluate(cfg, tmp_path / "lm", progress=False)
   start = read_jsonl(tmp_path / "lm" / "metrics.jsonl")[0]
   assert start["tokens"] == {"train": 3000, "valid": 73_760, "test": 82_430}
+
+
+def test_a_checkpoint_written_by_an_older_version_resumes(tmp_path, reference_run, same_folder):
+  """Older versions saved the train state's dropout rates with six placements; the rates
+  come from the config, so such a checkpoint resumes exactly."""
+  from lstmdrop_jax.checkpoint import RunCheckpoints
+
+  workdir = tmp_path / "run"
+  train_and_evaluate(dataclasses.replace(SMALL_RUN, epochs=2), workdir, progress=False)
+  ckpt = RunCheckpoints(workdir, keep=SMALL_RUN.keep_checkpoints)
+  try:
+    state, meta = ckpt.restore(epoch=2)
+    assert len(state["dropout"]) > 6
+    ckpt.discard_after(1)
+    ckpt.save(2, dict(state, dropout=state["dropout"][:6]), meta)  # the older form
+  finally:
+    ckpt.close()
+  import warnings
+
+  with warnings.catch_warnings():  # read as it is, not skipped as damaged
+    warnings.simplefilter("error", UserWarning)
+    train_and_evaluate(SMALL_RUN, workdir, progress=False)  # extended to 4 epochs
+  same_folder(workdir, reference_run)
