@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     "RNN use TF32, PyTorch's other matmuls full float32), TF32 everywhere, or full float32",
   )
   add("--unroll", type=int, help="scan unroll of ours and flax (default: each its own)")
+  presets = list(models.DROPOUT_PRESETS)
+  dropout_help = "our model's dropout: the three placements, none, or them plus a variant; "
+  dropout_help += "with several, each is measured (columns ours[PRESET]) against the first"
+  add("--dropout", nargs="+", choices=presets, default=["zaremba"], help=dropout_help)
   add("--seeds", type=int, default=1, help="K > 1: also time K seeds in one vmapped step (ours)")
   shard_help = "split the batch over all devices (data parallel) for these implementations "
   shard_help += "(no names: ours and flax); the others run on one device"
@@ -102,6 +106,7 @@ def default_tag(args) -> str:
   parts += [f"{args.seeds} seeds"] if args.seeds > 1 else []
   parts += [f"precision {args.precision}"] if args.precision != "default" else []
   parts += [f"shard {'+'.join(args.shard)}"] if args.shard else []
+  parts += [f"dropout {'+'.join(args.dropout)}"] if args.dropout != ["zaremba"] else []
   return " ".join(parts)
 
 
@@ -144,7 +149,8 @@ def measure(args) -> dict:
     import jax
 
     sharded = impl in args.shard and args.seeds == 1  # the vmapped-seeds step is not sharded
-    s = models.jax_step(config, impl, args.dtype, args.unroll, args.seeds, sharded)
+    dropout = args.dropout[0]  # a measuring child gets one preset
+    s = models.jax_step(config, impl, args.dtype, args.unroll, args.seeds, sharded, dropout)
     state = s.state
 
     def step():
@@ -159,13 +165,25 @@ def measure(args) -> dict:
   return {"ms": ms, "compile_s": first_s, "peak_mb": peak, "device": name, "devices": devices}
 
 
-def spawn(args, config: str, impl: str, seeds: int = 1) -> dict | None:
+def columns(impls: list[str], presets: list[str]) -> list[str]:
+  """The table's columns: every implementation, and ``ours[PRESET]`` for every preset
+  after the first."""
+  out = []
+  for impl in impls:
+    out += [impl] + ([f"ours[{p}]" for p in presets[1:]] if impl == "ours" else [])
+  return out
+
+
+def spawn(args, config: str, column: str, seeds: int = 1) -> dict | None:
   """One measurement in a fresh process: its result, or None if it failed or timed out."""
+  impl, _, preset = column.rstrip("]").partition("[")
+  preset = preset or args.dropout[0]
   cmd = [sys.executable, str(Path(__file__).resolve()), "--single", "--impl", impl]
   cmd += ["--configs", config, "--device", args.device, "--dtype", args.dtype]
   cmd += ["--precision", args.precision, "--seeds", str(seeds), "--warmup", str(args.warmup)]
   cmd += ["--steps", str(args.steps), "--repeats", str(args.repeats)]
   cmd += ["--unroll", str(args.unroll)] if args.unroll else []
+  cmd += ["--dropout", preset]
   # Only a sharded implementation gets the extra devices: with several devices
   # our model keeps its [T, B] blocks 3-D (fused.project_steps), so an unsharded
   # run there would not be the one-device figure.
@@ -180,11 +198,11 @@ def spawn(args, config: str, impl: str, seeds: int = 1) -> dict | None:
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
   except subprocess.TimeoutExpired:
-    print(f"  {config}/{impl}: failed: timed out after {args.timeout:g} s", file=sys.stderr)
+    print(f"  {config}/{column}: failed: timed out after {args.timeout:g} s", file=sys.stderr)
     return None
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
   if proc.returncode != 0 or not lines:
-    print(f"  {config}/{impl}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+    print(f"  {config}/{column}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
     return None
   return json.loads(lines[-1].removeprefix("RESULT "))
 
@@ -220,9 +238,10 @@ def run(args) -> dict:
   if "torch" in impls and importlib.util.find_spec("torch") is None:
     impls.remove("torch")
     print("torch is not importable: skipping the PyTorch baseline", file=sys.stderr)
+  impls = columns(impls, args.dropout)
   results = [measure_config(args, config, impls) for config in args.configs]
   found = [r[i]["device"] for r in results for i in impls if r.get(i)]
-  settings = ("dtype", "precision", "unroll", "seeds", "shard", "cpu_devices", "rounds")
+  settings = ("dtype", "precision", "unroll", "seeds", "shard", "cpu_devices", "rounds", "dropout")
   return {
     "tag": args.tag,
     "device": found[0] if found else args.device,
@@ -243,11 +262,13 @@ def ms_cell(m: dict | None) -> str:
 def invocation_table(rec: dict) -> str:
   """The Markdown table of one invocation: ms per step, throughput, ratios, memory."""
   impls, k = rec["impls"], rec["seeds"]
-  baselines = [b for b in impls if b != "ours"] if "ours" in impls else []
+  variants = [i for i in impls if i.startswith("ours[")]
+  baselines = [b for b in impls if b != "ours" and b not in variants] if "ours" in impls else []
   seeds = k > 1 and "ours" in impls
   header = ["config", *impls] + ([seeds_key(k), f"{k} seeds vs one"] if seeds else [])
   if "ours" in impls:
     header += ["tokens/s (ours)", *(f"ours vs {b}" for b in baselines), "peak MB (ours)"]
+    header += [f"{v} / ours" for v in variants]
   rows = []
   for r in rec["results"]:
     row = [r["config"], *(ms_cell(r.get(i)) for i in impls)]
@@ -259,6 +280,7 @@ def invocation_table(rec: dict) -> str:
       row.append(f"{r['tokens_per_step'] / o['ms'] * 1e3:,.0f}" if o else None)
       row += [f"{r[b]['ms'] / o['ms']:.2f}x" if o and r.get(b) else None for b in baselines]
       row.append(f"{o['peak_mb']:.0f}" if o and o["peak_mb"] else None)
+      row += [f"{r[v]['ms'] / o['ms']:.2f}x" if o and r.get(v) else None for v in variants]
     rows.append(row)
   timing = f"median of {rec['repeats']}x{rec['steps']} steps"
   timing += f", median of {rec['rounds']} alternating rounds" if rec["rounds"] > 1 else ""

@@ -38,6 +38,22 @@ DEFAULT_CONFIGS = {
 JAX_IMPLS = ("ours", "ours-scan", "flax")
 IMPLS = (*JAX_IMPLS, "torch")
 RATE = 0.5
+#: Dropout of our model (``--dropout``): Zaremba et al.'s three placements (the
+#: default, what the other implementations do), none, or those three plus one
+#: more variant each, to measure what a variant adds to a step.
+DROPOUT_PRESETS = {
+  "zaremba": dict(input=RATE, between=RATE, output=RATE),
+  "none": {},
+  "locked": dict(input=RATE, between=RATE, output=RATE, time_locked=True),
+  "recurrent": dict(input=RATE, between=RATE, output=RATE, recurrent=0.25),
+  "weight": dict(input=RATE, between=RATE, output=RATE, weight=0.25),
+  "zoneout": dict(input=RATE, between=RATE, output=RATE, zoneout_h=0.1, zoneout_c=0.1),
+  "semeniuta": dict(input=RATE, between=RATE, output=RATE, semeniuta=0.25),
+  "semeniuta_locked": dict(
+    input=RATE, between=RATE, output=RATE, semeniuta=0.25, time_locked=["semeniuta"]
+  ),
+  "rnndrop": dict(input=RATE, between=RATE, output=RATE, rnndrop=0.25),
+}
 
 
 def flops_per_step(c: dict) -> float:
@@ -97,7 +113,7 @@ def _jax_batch(c: dict, key) -> dict:
   return {"x": x_BTF, "y": jnp.arange(c["B"]) % 2, "mask": jnp.ones(c["B"], bool)}
 
 
-def _ours(c: dict, impl: str, dtype: str, unroll: int | None, tx, x):
+def _ours(c: dict, impl: str, dtype: str, unroll: int | None, tx, x, dropout: str = "zaremba"):
   """``init(key) -> state`` and ``run(state, batch, key)`` of our models."""
   import jax.numpy as jnp
 
@@ -106,7 +122,7 @@ def _ours(c: dict, impl: str, dtype: str, unroll: int | None, tx, x):
   common = dict(
     hidden=c["H"],
     layers=c["L"],
-    dropout=DropoutConfig(RATE, RATE, RATE),
+    dropout=DropoutConfig(**DROPOUT_PRESETS[dropout]),
     unroll=unroll,
     compute_dtype=jnp.dtype(dtype),
     impl="scan" if impl == "ours-scan" else "fused",
@@ -172,6 +188,7 @@ def jax_step(
   unroll: int | None = None,
   seeds: int = 1,
   shard: bool = False,
+  dropout: str = "zaremba",
 ) -> JaxStep:
   """Builds ``impl``'s jitted training step on ``config`` with its initial state.
 
@@ -183,6 +200,7 @@ def jax_step(
     seeds: K > 1 vmaps K independent runs (one key each) into one step.
     shard: split the batch over every device (data parallel, state
       replicated); ignored with ``seeds > 1``.
+    dropout: our model's ``DROPOUT_PRESETS`` entry (the others keep theirs).
   """
   import jax
   import jax.numpy as jnp
@@ -195,7 +213,7 @@ def jax_step(
   if impl == "flax":
     init, run = _flax_stock(c, dtype, unroll, tx, batch["x"])
   else:
-    init, run = _ours(c, impl, dtype, unroll, tx, batch["x"])
+    init, run = _ours(c, impl, dtype, unroll, tx, batch["x"], dropout)
   if seeds > 1:
     keys = jax.random.split(key, seeds)
     batch = jax.tree.map(lambda a: jnp.broadcast_to(a, (seeds, *a.shape)), batch)

@@ -118,6 +118,21 @@ def test_rounds_alternate_and_report_the_median(monkeypatch, capsys):
   assert "| seed_clf | 4.000 | 7.000 | 1,600,000 | 1.75x | n/a |" in out
 
 
+def test_dropout_presets_are_columns_measured_against_the_first(monkeypatch, capsys):
+  calls = _fake_spawn(monkeypatch, {"ours": [4.0], "ours[zoneout]": [4.4], "ours[rnndrop]": [5.0]})
+  bench.main(["--configs", "seed_clf", "--impls", "ours", "--dropout", "zaremba", "zoneout",
+              "rnndrop"])  # fmt: skip
+  assert [c[1] for c in calls] == ["ours", "ours[zoneout]", "ours[rnndrop]"]
+  out = capsys.readouterr().out
+  assert "| ours[zoneout] / ours | ours[rnndrop] / ours |" in out
+  assert out.rstrip().endswith("| 1.10x | 1.25x |")
+  monkeypatch.undo()  # the real spawn, with a fake child
+  seen = _fake_run(monkeypatch)
+  bench.spawn(_spawn_args(dropout=["zaremba", "rnndrop"]), "seed_clf", "ours[rnndrop]")
+  cmd = seen["cmd"]  # the child measures our model with that preset
+  assert cmd[cmd.index("--impl") + 1] == "ours" and cmd[cmd.index("--dropout") + 1] == "rnndrop"
+
+
 def test_a_failed_measurement_is_reported_and_fails_the_run(monkeypatch, tmp_path, capsys):
   """One failed round fails the implementation; the others and the JSON are still written."""
   _fake_spawn(monkeypatch, {"ours": [3.0, 5.0], "flax": [9.0, None], "ours x4": [6.0]})
