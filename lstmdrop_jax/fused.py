@@ -109,6 +109,21 @@ def _split_cell(cell: dict | None) -> tuple[dict, dict]:
   return per_step, {k: v for k, v in cell.items() if k not in per_step}
 
 
+def _mix(z: Array, prev: Array, new: Array) -> Array:
+  """Zoneout: ``z prev + (1 - z) new``; a boolean ``z`` (training) selects."""
+  if z.dtype == jnp.bool_:
+    return jnp.where(z, prev, new)
+  return z * prev + (1.0 - z) * new
+
+
+def _split_by(z: Array, g: Array) -> tuple[Array, Array]:
+  """``(z g, (1 - z) g)``: a cotangent's shares of the kept and the new value."""
+  if z.dtype == jnp.bool_:
+    zero = jnp.zeros((), g.dtype)
+    return jnp.where(z, g, zero), jnp.where(z, zero, g)
+  return z * g, (1.0 - z) * g
+
+
 def _step(h, c, xw_BG, valid_B, kernel_hh, scale_BH, cdt, cell_t=None):
   """One step: the new carry ``(h, c)``, the output, the gate activations and ``c~``.
 
@@ -130,9 +145,9 @@ def _step(h, c, xw_BG, valid_B, kernel_hh, scale_BH, cdt, cell_t=None):
     h_new = h_new * m["rnndrop_scale"]
   c_cand = c_new
   if "zoneout_c" in m:
-    c_new = m["zoneout_c"] * c + (1.0 - m["zoneout_c"]) * c_new
+    c_new = _mix(m["zoneout_c"], c, c_new)
   if "zoneout_h" in m:
-    h_new = m["zoneout_h"] * h + (1.0 - m["zoneout_h"]) * h_new
+    h_new = _mix(m["zoneout_h"], h, h_new)
   if valid_B is None:
     return h_new, c_new, h_new, act, c_cand
   v = valid_B[:, None]
@@ -215,7 +230,7 @@ def _coefficients(act, cs, c0, cands, per_step, invariant):
   # are then never used (the loop zeroes u and w there), they only need to be
   # finite.
   tc = jnp.tanh(cs if cands is None else cands)
-  if not masks.keys() - {"zoneout_h"}:  # the plain LSTM (zoneout of h acts outside)
+  if not masks.keys() - {"zoneout_h", "zoneout_c"}:  # the plain cell (zoneout acts outside)
     k_c = o * (1.0 - tc * tc)
     coef = jnp.concatenate(
       [g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)], -1
@@ -256,17 +271,17 @@ def _bwd(unroll, saved, cotangents):
       u, w = dh + dy, dc
     else:  # a padded step passes the cotangents through untouched
       u, w = (dh + dy) * v, dc * v
-    hu = u if zh is None else u * (1.0 - zh)
-    wc = w if zc is None else w * (1.0 - zc)
+    u_kept, hu = (None, u) if zh is None else _split_by(zh, u)
+    w_kept, wc = (None, w) if zc is None else _split_by(zc, w)
     w_total = wc + hu * a
     dz = jnp.concatenate([w_total, w_total, w_total, hu], -1) * cf
     dh_in = jnp.dot(dz.astype(cdt), kernel_t, preferred_element_type=dz.dtype)
     dh_prev = dh_in if scale_BH is None else dh_in * scale_BH
     dc_prev = w_total * ft_t
-    if zh is not None:
-      dh_prev = dh_prev + u * zh
-    if zc is not None:
-      dc_prev = dc_prev + w * zc
+    if u_kept is not None:
+      dh_prev = dh_prev + u_kept
+    if w_kept is not None:
+      dc_prev = dc_prev + w_kept
     if v is not None:
       dh_prev, dc_prev = dh_prev + dh * (1.0 - v), dc_prev + dc * (1.0 - v)
     return (dh_prev, dc_prev), (dz, None if scale_BH is None else dh_in)

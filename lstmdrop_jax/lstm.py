@@ -322,10 +322,8 @@ def _layer_masks(cfg: DropoutConfig, key, layer: int, shape_TBH, dtype) -> dict[
   for name in ("zoneout_h", "zoneout_c"):
     if on(name):
       p = getattr(cfg, name)
-      expected = key is None
-      cell[name] = (
-        jnp.asarray(p, dtype) if expected else dr.zone_mask(mkey(name), p, shape_TBH, dtype)
-      )
+      # Training: a boolean mask per step; evaluation: the probability itself.
+      cell[name] = jnp.asarray(p, dtype) if key is None else dr.zone_mask(mkey(name), p, shape_TBH)
   if key is not None:
     if on("recurrent"):
       keep = dr.keep_mask(mkey("recurrent"), cfg.recurrent, (B, H))
@@ -334,11 +332,11 @@ def _layer_masks(cfg: DropoutConfig, key, layer: int, shape_TBH, dtype) -> dict[
       out["weight_keep_HG"] = dr.keep_mask(mkey("weight"), cfg.weight, (H, 4 * H))
     if on("semeniuta"):
       locked = cfg.is_time_locked("semeniuta")
-      keep = dr.sequence_mask(mkey("semeniuta"), cfg.semeniuta, shape_TBH, locked)
+      keep = dr.sequence_mask(mkey("semeniuta"), cfg.semeniuta, shape_TBH, locked, bits16=True)
       scale = dr.apply_mask(ones(keep.shape), keep, cfg.semeniuta)
       cell["semeniuta"] = scale[0] if locked else scale
     if on("rnndrop"):
-      keep = dr.keep_mask(mkey("rnndrop"), cfg.rnndrop, (B, H))
+      keep = dr.keep_mask16(mkey("rnndrop"), cfg.rnndrop, (B, H))
       cell["rnndrop_keep"] = keep.astype(dtype)
       cell["rnndrop_scale"] = dr.apply_mask(ones((B, H)), keep, cfg.rnndrop)
   out["cell"] = cell or None

@@ -266,3 +266,25 @@ def test_measures_one_step_in_a_child_process(tmp_path, capsys):
   ((row,),) = [r["results"] for r in json.loads(out.read_text())]
   assert row["ours-scan"]["ms"] > 0 and row["ours-scan"]["devices"] == 1
   assert "| seed_clf | " in capsys.readouterr().out
+
+
+def test_variant_cost_interleaves_presets_and_divides_by_the_first(monkeypatch, capsys):
+  variant_cost = _load("variant_cost")
+  calls = []
+
+  def fake_measure(config, presets, windows, steps):
+    calls.append((config, presets, windows, steps))
+    return {"zaremba": [0.010, 0.012, 0.011], "zoneout": [0.013, 0.0132, 0.5]}
+
+  monkeypatch.setattr(variant_cost, "measure", fake_measure)
+  variant_cost.main(["--presets", "zaremba", "zoneout", "--windows", "3", "--steps", "2"])
+  out = capsys.readouterr().out
+  assert calls == [("seed_clf", ["zaremba", "zoneout"], 3, 2)]
+  assert "| zaremba | 11.000 | 1.000x |" in out
+  assert "| zoneout | 13.200 | 1.200x |" in out  # the median, not the mean, of the windows
+
+
+def test_variant_cost_measures_real_steps_of_each_preset():
+  times = _load("variant_cost").measure("seed_clf", ["none", "zoneout"], windows=2, steps=1)
+  assert {p: len(t) for p, t in times.items()} == {"none": 2, "zoneout": 2}
+  assert all(t > 0 for ts in times.values() for t in ts)

@@ -145,19 +145,19 @@ def test_gradients_match_finite_differences_in_float64():
 def _drawn(monkeypatch, cfg, train=True):
   """The masks an ``LSTMStack`` forward pass draws, by kind."""
   drawn = {"keep": [], "zone": []}
-  keep, zone = dr.keep_mask, dr.zone_mask
+  keep, zone = dr.keep_mask16, dr.zone_mask
 
   def rec_keep(key, rate, shape):
     m = keep(key, rate, shape)
     drawn["keep"].append(np.asarray(m))
     return m
 
-  def rec_zone(key, rate, shape, dtype=jnp.float32):
-    m = zone(key, rate, shape, dtype)
+  def rec_zone(key, rate, shape):
+    m = zone(key, rate, shape)
     drawn["zone"].append(np.asarray(m))
     return m
 
-  monkeypatch.setattr(dr, "keep_mask", rec_keep)
+  monkeypatch.setattr(dr, "keep_mask16", rec_keep)
   monkeypatch.setattr(dr, "zone_mask", rec_zone)
   stack = LSTMStack(hidden=64, layers=1, dropout=cfg)
   x = jnp.ones((32, 50, 4))
