@@ -48,6 +48,8 @@ DROPOUT_PRESETS = {
   "recurrent": dict(input=RATE, between=RATE, output=RATE, recurrent=0.25),
   "weight": dict(input=RATE, between=RATE, output=RATE, weight=0.25),
   "zoneout": dict(input=RATE, between=RATE, output=RATE, zoneout_h=0.1, zoneout_c=0.1),
+  "zoneout_h": dict(input=RATE, between=RATE, output=RATE, zoneout_h=0.1),
+  "zoneout_c": dict(input=RATE, between=RATE, output=RATE, zoneout_c=0.1),
   "semeniuta": dict(input=RATE, between=RATE, output=RATE, semeniuta=0.25),
   "semeniuta_locked": dict(
     input=RATE, between=RATE, output=RATE, semeniuta=0.25, time_locked=["semeniuta"]

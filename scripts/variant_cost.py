@@ -21,7 +21,17 @@ import bench_models as models
 from lstmdrop_jax import tables
 from lstmdrop_jax.host_memory import keep_freed_host_memory
 
-ALL = ["zaremba", "recurrent", "weight", "zoneout", "semeniuta", "semeniuta_locked", "rnndrop"]
+ALL = [
+  "zaremba",
+  "recurrent",
+  "weight",
+  "zoneout_h",
+  "zoneout_c",
+  "zoneout",
+  "semeniuta",
+  "semeniuta_locked",
+  "rnndrop",
+]
 
 
 def measure(config: str, presets: list[str], windows: int, steps: int) -> dict[str, list[float]]:
