@@ -168,3 +168,29 @@ def _gaps(row: dict) -> list[float]:
     m["summary"]["final"]["train/accuracy"] - m["summary"]["final"]["val/accuracy"]
     for m in row["runs"]
   ]
+
+
+def plot_differences(
+  panels: dict[str, Sequence[tuple[str, dict]]], path: str | Path, xlabel: str, title: str = ""
+) -> Path:
+  """A forest plot: per panel (e.g. a dataset), one line per setting, the mean of a
+  paired difference against a baseline with its 95% interval (``mean_ci``);
+  the dashed line is no difference."""
+  plt = _pyplot()
+  height = max(len(entries) for entries in panels.values()) * 0.22 + 1.2
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), height), squeeze=False)
+  for ax, (name, entries) in zip(axes[0], panels.items(), strict=True):
+    y = np.arange(len(entries))[::-1]
+    for yi, (_, m) in zip(y, entries, strict=True):
+      lo, hi = (m["lo"], m["hi"]) if m["n"] > 1 else (m["mean"], m["mean"])
+      color = "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray"
+      ax.plot([lo, hi], [yi, yi], color=color, lw=1.5)
+      ax.plot(m["mean"], yi, "o", color=color, ms=4)
+    ax.axvline(0.0, color="black", ls="--", lw=1)
+    ax.set_yticks(y, [label for label, _ in entries], fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_title(name, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return _save(fig, path)

@@ -33,12 +33,14 @@ from lstmdrop_jax.run_folder import RunFolderError, read_json, read_jsonl, read_
 #: The settings of the over-fitting grid, in table order: no dropout, one
 #: placement alone, or all three placements at one rate.
 SETTINGS = ("none", *PLACEMENTS, "all")
+#: Every setting a sweep may name: those, or any placement of the registry alone.
+ALL_SETTINGS = (*SETTINGS, *(p for p in RATE_FIELDS if p not in SETTINGS))
 
 
 def setting_rates(setting: str, rate: float) -> dict[str, float]:
-  """``{placement: rate}`` of a grid setting (the inverse of ``placement_of``)."""
-  if setting not in SETTINGS:
-    raise ValueError(f"unknown setting {setting!r}; valid ones are {list(SETTINGS)}")
+  """``{placement: rate}`` of a setting (the inverse of ``placement_of``)."""
+  if setting not in ALL_SETTINGS:
+    raise ValueError(f"unknown setting {setting!r}; valid ones are {list(ALL_SETTINGS)}")
   if setting == "none":
     return {}
   return dict.fromkeys(PLACEMENTS if setting == "all" else (setting,), rate)
@@ -163,9 +165,19 @@ def report_rows(runs: Sequence[dict]) -> list[dict[str, Any]]:
   return sorted(rows, key=_row_order)
 
 
+def paired_difference(row: dict, base: dict, name: str) -> dict[str, float]:
+  """``mean_ci`` of ``row``'s metric minus ``base``'s over the seeds both rows hold,
+  seed by seed (the seed fixes the split, the initialisation and the order, so
+  the pairs share everything but what the rows differ in)."""
+  path = {n: p for n, p, _ in METRICS + MC_METRICS}[name]
+  by_seed = lambda r: {m["config"]["seed"]: _metric(m["summary"], name, path) for m in r["runs"]}
+  mine, theirs = by_seed(row), by_seed(base)
+  return mean_ci([mine[s] - theirs[s] for s in sorted(mine.keys() & theirs.keys())])
+
+
 def _row_order(row: dict) -> tuple:
   base = row["setting"].split(" (")[0]
-  order = (*SETTINGS, *(n for n in RATE_FIELDS if n not in SETTINGS))
+  order = ALL_SETTINGS
   rank = order.index(base) if base in order else len(order)
   fields = tuple(json.dumps(v) for v in row["fields"].values())
   return (fields, rank, row["setting"], row["rate"])

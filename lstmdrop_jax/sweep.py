@@ -32,7 +32,7 @@ import tyro
 from lstmdrop_jax import parallel as par
 from lstmdrop_jax.config import PER_RUN_FIELDS, Config
 from lstmdrop_jax.host_memory import keep_freed_host_memory
-from lstmdrop_jax.report import SETTINGS, build_report, setting_rates
+from lstmdrop_jax.report import ALL_SETTINGS, build_report, setting_rates
 from lstmdrop_jax.run_folder import RunFolderError
 from lstmdrop_jax.train import train_runs
 
@@ -43,8 +43,8 @@ class Sweep:
 
   Attributes:
     base: every field the grid does not vary.
-    settings: dropout settings (``report.SETTINGS``), each at every rate
-      (``none`` once).
+    settings: dropout settings (``report.ALL_SETTINGS``: none, any placement
+      alone, or all three stack placements), each at every rate (``none`` once).
     rates: the rates of the settings other than ``none``.
     seeds: seeds 0 .. seeds-1 of every point.
     vary: ``{field: values}`` of other ``Config`` fields (a field of the
@@ -63,9 +63,9 @@ class Sweep:
     Raises:
       ValueError: an unknown setting or field, or no rates for a setting.
     """
-    unknown = sorted(set(self.settings) - set(SETTINGS))
+    unknown = sorted(set(self.settings) - set(ALL_SETTINGS))
     if unknown:
-      raise ValueError(f"unknown settings {unknown}; valid ones are {list(SETTINGS)}")
+      raise ValueError(f"unknown settings {unknown}; valid ones are {list(ALL_SETTINGS)}")
     if any(s != "none" for s in self.settings) and not self.rates:
       raise ValueError("settings other than 'none' need --rates")
     if not isinstance(self.seeds, int) or self.seeds < 1:
@@ -141,22 +141,40 @@ def run_sweep(
     ValueError: a bad point or a group the devices cannot split, before
       anything is trained or written.
   """
-  points = sweep.points()
+  out = Path(out)
+  runs = out / "runs"
+  train_points(sweep.points(), runs, group_size=group_size, parallel=parallel, progress=progress)
+  return build_report(out / "runs", out, title)
+
+
+def train_points(
+  points: Sequence[tuple[str, Config]],
+  runs_dir: str | Path,
+  *,
+  group_size: int = 0,
+  parallel: str = "data",
+  progress: bool = True,
+) -> None:
+  """Trains ``(run folder name, config)`` points into ``runs_dir/<name>``, in stackable
+  groups, every group checked before any is trained.
+
+  Raises:
+    ValueError: a bad point or a group the devices cannot split, before
+      anything is trained or written.
+  """
   for _, c in points:
     c.validate()
   chunks = groups(points, group_size)
   mesh = par.make_mesh()
   for chunk in chunks:
     par.check_layout(parallel, mesh, runs=len(chunk), batch_size=chunk[0][1].batch_size)
-  out = Path(out)
   for chunk in chunks:
     train_runs(
       [c for _, c in chunk],
-      [out / "runs" / n for n, _ in chunk],
+      [Path(runs_dir) / n for n, _ in chunk],
       parallel=parallel,
       progress=progress,
     )
-  return build_report(out / "runs", out, title)
 
 
 def parse_vary(items: Sequence[str]) -> dict[str, tuple[Any, ...]]:
@@ -187,7 +205,8 @@ class _Cli:
   """Output folder: run folders under OUT/runs, tables and plots in OUT."""
   config: Annotated[Config, tyro.conf.arg(name="")] = Config()
   settings: tuple[str, ...] = ("none",)
-  """Dropout settings: none, input, between, output, all (the three at one rate)."""
+  """Dropout settings: none, any placement alone (input, recurrent, zoneout_h, ...), or all
+  (input, between and output at one rate)."""
   rates: tuple[float, ...] = ()
   """Rates of the settings other than none."""
   seeds: int = 1

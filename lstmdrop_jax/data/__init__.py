@@ -3,7 +3,9 @@
 Classification (``[N, T, F]`` series, one label each):
 
 * ``"synthetic"``: the motivating text's shape (T=100, F=20, binary), a
-  planted temporal signal in noise, a small noisy training set.
+  planted temporal signal in noise, a small noisy training set;
+  ``"synthetic_large"``: the same task, T=40, a 600-series pool and 1,000
+  test series (``synthetic.NAMED``).
 * UCR/UEA through aeon: the bundled ``BUNDLED`` datasets load offline; any
   other name aeon knows loads from ``.ts`` files under ``data_dir``.
 
@@ -34,11 +36,15 @@ from lstmdrop_jax.data.batching import (
   num_batches,
   train_batches,
 )
+from lstmdrop_jax.data.synthetic import NAMED as _SYNTHETIC_TASKS
+from lstmdrop_jax.data.synthetic import make_synthetic
 
+#: The generated datasets (``synthetic.NAMED``).
+SYNTHETIC = tuple(_SYNTHETIC_TASKS)
 #: UCR/UEA datasets that aeon ships, so they load without the network.
 BUNDLED = ("GunPoint", "BasicMotions", "ArrowHead", "ItalyPowerDemand", "JapaneseVowels")
 #: Names that always work.
-DATASETS = ("synthetic", *BUNDLED)
+DATASETS = (*SYNTHETIC, *BUNDLED)
 #: Word-level language-modelling corpora (read from data_dir).
 TEXT_DATASETS = ("ptb", "text")
 
@@ -120,7 +126,7 @@ def load_dataset(
   """Loads a classification dataset by name.
 
   Args:
-    name: ``"synthetic"``, a ``BUNDLED`` name, or another UCR/UEA name whose
+    name: ``"synthetic"``, ``"synthetic_large"``, a ``BUNDLED`` name, or another UCR/UEA name whose
       ``.ts`` files lie under ``data_dir``.
     seed: picks the train/val split of the official train split (not the
       synthetic task, which is fixed).
@@ -143,10 +149,8 @@ def load_dataset(
     return ArrayData.from_npz(os.path.expanduser(name)).dataset(
       name, seed=seed, val_fraction=val_fraction
     )
-  if name == "synthetic":
-    from lstmdrop_jax.data.synthetic import make_synthetic
-
-    return make_synthetic(seed, val_fraction=val_fraction)
+  if name in SYNTHETIC:
+    return make_synthetic(seed, val_fraction=val_fraction, name=name)
   from lstmdrop_jax.data.ucr import load_ucr
 
   return load_ucr(name, seed, val_fraction=val_fraction, extract_path=data_dir)
