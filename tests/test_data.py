@@ -273,7 +273,7 @@ def test_ucr_from_extract_path(tmp_path):
 
 
 def test_load_dataset_dispatch():
-  assert ("synthetic", *BUNDLED) == DATASETS
+  assert ("synthetic", "synthetic_large", *BUNDLED) == DATASETS
   ds = load_dataset("synthetic", seed=0, val_fraction=0.2)
   assert (len(ds.train), len(ds.val)) == (80, 20)
   assert load_dataset("ItalyPowerDemand", seed=0).num_classes == 2
@@ -285,7 +285,7 @@ def test_unknown_dataset_lists_valid_names():
   for name in DATASETS:
     assert name in str(err.value)
   assert "data_dir" in str(err.value) and "Did you mean 'GunPoint'" in str(err.value)
-  with pytest.raises(ValueError, match="Valid names: synthetic, GunPoint"):
+  with pytest.raises(ValueError, match="Valid names: synthetic, synthetic_large, GunPoint"):
     check_dataset_name("nope")
   check_dataset_name("GunPoint")
   check_dataset_name("Adiac")  # aeon knows it; its files are checked at load time
