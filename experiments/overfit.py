@@ -42,7 +42,7 @@ from pathlib import Path
 import tyro
 
 from lstmdrop_jax.host_memory import keep_freed_host_memory
-from lstmdrop_jax.parallel import use_cpu_devices
+from lstmdrop_jax.parallel import setup_cpu_devices
 from lstmdrop_jax.report import SETTINGS
 from lstmdrop_jax.run_folder import RunFolderError
 from lstmdrop_jax.sweep import Sweep, run_sweep
@@ -68,11 +68,12 @@ class Args:
   eval_every: int = 5
   group_size: int = 0
   """Runs trained together in one vmapped step (0: the whole grid)."""
-  parallel: str = "data"
-  """How devices share a group: 'data' (split batches) or 'runs' (whole runs per device)."""
+  parallel: str = "auto"
+  """How devices share a group: 'data' (split batches), 'runs' (whole runs per device), or
+  'auto' (runs when a group has at least as many runs as devices, on a CPU)."""
   cpu_devices: int | None = None
-  """CPU: present the CPU as this many JAX devices (e.g. one per core) and split
-  the work across them as --parallel says (docs/PERFORMANCE.md)."""
+  """CPU: present the CPU as this many JAX devices (default: one per usable core, or
+  $LSTMDROP_CPU_DEVICES; 1 switches it off)."""
   quick: bool = False
   """A CPU-sized version: 2 seeds, rates 0.2 and 0.5, 32 units, 60 epochs."""
   out: Path | None = None
@@ -115,7 +116,7 @@ def main(argv=None) -> None:
   # Every bad value, and every group the devices cannot split, is reported
   # before anything is trained or written.
   try:
-    use_cpu_devices(args.cpu_devices)
+    setup_cpu_devices(args.cpu_devices)
     study = sweep(args)
     paths = run_sweep(study, out, group_size=args.group_size, parallel=args.parallel, title=title)
   except (ValueError, OSError, RunFolderError) as e:

@@ -34,6 +34,7 @@ from pathlib import Path
 from lstmdrop_jax import tables
 from lstmdrop_jax.dropout import DropoutConfig
 from lstmdrop_jax.host_memory import keep_freed_host_memory
+from lstmdrop_jax.parallel import setup_cpu_devices
 from lstmdrop_jax.run_folder import read_jsonl
 from lstmdrop_jax.train import Config, train_and_evaluate
 
@@ -106,6 +107,10 @@ class Args:
   """2x32 units, 2 epochs: checks the pipeline in a few minutes on a CPU."""
   epochs: int | None = None
   """Override the number of epochs (e.g. to fit a time budget); the table says so."""
+  cpu_devices: int | None = None
+  """CPU: present the CPU as this many JAX devices (default: one per usable core, or
+  $LSTMDROP_CPU_DEVICES; 1 switches it off). One run trains on one of them: splitting a
+  language model's batch over CPU cores does not pay (parallel.plan)."""
 
 
 def _row(name: str, summary: dict, cfg: Config, records: list[dict]) -> dict:
@@ -177,6 +182,7 @@ def main(argv=None) -> None:
   args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
   keep_freed_host_memory()
   try:
+    setup_cpu_devices(args.cpu_devices)
     path = run_study(
       args.config,
       variants_too=args.variants,
@@ -185,7 +191,7 @@ def main(argv=None) -> None:
       quick_run=args.quick,
       epochs=args.epochs,
     )
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:
     raise SystemExit(f"error: {e}") from None
   print(path.read_text())
 

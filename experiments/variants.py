@@ -41,7 +41,7 @@ from lstmdrop_jax import plots, report, tables
 from lstmdrop_jax.config import Config
 from lstmdrop_jax.dropout import REGISTRY
 from lstmdrop_jax.host_memory import keep_freed_host_memory
-from lstmdrop_jax.parallel import use_cpu_devices
+from lstmdrop_jax.parallel import setup_cpu_devices
 from lstmdrop_jax.run_folder import RunFolderError
 from lstmdrop_jax.sweep import Sweep, train_points
 
@@ -71,7 +71,8 @@ class Args:
   group_size: int = 0
   """Runs trained together in one vmapped step (0: every run of a dataset)."""
   cpu_devices: int | None = None
-  """CPU: present the CPU as this many JAX devices (docs/PERFORMANCE.md)."""
+  """CPU: present the CPU as this many JAX devices (default: one per usable core, or
+  $LSTMDROP_CPU_DEVICES; 1 switches it off)."""
   quick: bool = False
   """A CPU-sized version: 2 seeds, rate 0.25, 32 units, 15 epochs."""
   out: Path | None = None
@@ -215,7 +216,7 @@ def main(argv=None) -> None:
         f"--placements: {unknown} are not placements of a classifier; valid ones are "
         f"{list(CLASSIFIER_PLACEMENTS)}"
       )
-    use_cpu_devices(args.cpu_devices)
+    setup_cpu_devices(args.cpu_devices)
     paths = run(args, out)
   except (ValueError, OSError, RunFolderError) as e:
     raise SystemExit(f"error: {e}") from None

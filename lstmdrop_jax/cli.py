@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     default = _Cli(workdir=tyro.MISSING, config=_config_file(argv))
     args = tyro.cli(_Cli, args=argv, prog=PROG, description=DESCRIPTION, default=default)
-    par.use_cpu_devices(args.cpu_devices)
+    par.setup_cpu_devices(args.cpu_devices)
     keep_freed_host_memory()
     par.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     summary = train_and_evaluate(args.config, args.workdir)
@@ -138,5 +138,6 @@ class _Cli:
   process_id: int | None = None
   """Multi-host: this process's index."""
   cpu_devices: int | None = None
-  """CPU: present the CPU as this many JAX devices (e.g. one per core) and train
-  data parallel across them; the batch size must be a multiple of it."""
+  """CPU: present the CPU as this many JAX devices and split each batch over as many
+  of them as divide it (default: one per usable core, or $LSTMDROP_CPU_DEVICES;
+  1 switches it off)."""

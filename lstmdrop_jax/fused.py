@@ -39,6 +39,9 @@ compiled loop.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -49,6 +52,23 @@ import numpy as np
 Array = jax.Array
 
 
+_BATCH_SPLIT: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+  "batch_split", default=None
+)
+
+
+@contextlib.contextmanager
+def batch_split_over_devices(split: bool) -> Iterator[None]:
+  """Within it, steps are traced knowing whether their batch axis is split over
+  devices (the training loop knows its layout: whole runs per device split no
+  batch). Outside, a program with several devices is taken to split it."""
+  token = _BATCH_SPLIT.set(split)
+  try:
+    yield
+  finally:
+    _BATCH_SPLIT.reset(token)
+
+
 def _flatten_time_and_batch() -> bool:
   """Whether ``[T, B, ...]`` blocks are flattened to ``[T*B, ...]`` for matmuls.
 
@@ -57,10 +77,12 @@ def _flatten_time_and_batch() -> bool:
   dimensions (time and batch) markedly slower, about a tenth of a seed_clf
   training step (docs/PERFORMANCE.md). But merging T and B puts a sharded
   batch axis inside the merged one, which XLA can only honour by gathering
-  the batch on every device, so with several devices (data parallelism) the
-  3-D form is kept. The same product either way; the rounding may differ.
+  the batch on every device, so when the batch is split over devices
+  (``batch_split_over_devices``) the 3-D form is kept. The same product
+  either way; the rounding may differ.
   """
-  return jax.device_count() == 1
+  split = _BATCH_SPLIT.get()
+  return not (jax.device_count() > 1 if split is None else split)
 
 
 def project_steps(x_TBF: Array, w_FG: Array, out_dtype: Any) -> Array:

@@ -7,7 +7,9 @@ Two ways to use the mesh's one axis, ``"devices"``:
   gradient all-reduce. With one device this is plain single-device training.
 * ``"runs"``: the K runs that ``train_runs`` trains together (seeds, rates)
   are split over the devices on their leading axis; each device trains
-  whole runs. K must be a multiple of the device count.
+  whole runs. A K that is not a multiple of the device count is padded
+  with copies of the group's first run, which write nothing.
+* ``"auto"``: one of the two, by ``plan``.
 
 Dropout masks do not depend on the layout: JAX's partitionable threefry
 draws the same bits whatever the sharding, so a run on 4 devices draws the
@@ -21,12 +23,18 @@ run-folder files (``is_main_process``), while all processes take part in
 Orbax checkpoints.
 
 CPU cores: a CPU is one JAX device, and a small LSTM's recurrence runs on
-one core of it (its per-step matmuls are too small to split). With
-``use_cpu_devices(n)`` (``--cpu-devices n`` in the scripts) JAX presents the
-CPU as n devices, and data parallelism gives each core its own share of the
-batch and its own recurrent loop. Results then differ from one device's in
-float rounding (the gradient is summed in parts, and some matmuls keep a
-3-D layout, see ``fused.project_steps``), as on any device count.
+one core of it (its per-step matmuls are too small to split). The entry
+points (the command lines and experiment scripts) therefore present a CPU as
+one JAX device per usable core (``setup_cpu_devices``: ``--cpu-devices N``,
+else ``$LSTMDROP_CPU_DEVICES``, else ``os.sched_getaffinity``; 1 switches it
+off). Library functions never change that setting; they use the devices they
+find. With several CPU devices, ``parallel="auto"`` (``plan``) gives each
+core whole runs when a group has at least as many runs as cores (the group
+padded with copies of its first run, whose results are discarded), else
+splits the batch over as many cores as divide it. Whole runs per device
+compute exactly what one device computes; a split batch differs from one
+device in float rounding (the gradient is summed in parts, and some matmuls
+keep a 3-D layout, see ``fused.project_steps``), as on any device count.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from jax.sharding import PartitionSpec as P
 
 AXIS = "devices"
 MODES = ("data", "runs")
+#: Overrides the entry points' default of one CPU device per core (1: off).
+CPU_DEVICES_ENV = "LSTMDROP_CPU_DEVICES"
 
 
 def use_cpu_devices(n: int | None) -> None:
@@ -65,6 +75,53 @@ def use_cpu_devices(n: int | None) -> None:
       "process. Call parallel.use_cpu_devices before any JAX operation (or pass "
       "--cpu-devices on the command line)"
     ) from None
+
+
+def usable_cores() -> int:
+  """The cores this process may run on (its CPU affinity, e.g. a SLURM allocation's)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def setup_cpu_devices(flag: int | None = None) -> int | None:
+  """The entry points' CPU layout: one JAX device per usable core, unless told otherwise.
+
+  ``flag`` (``--cpu-devices``) wins, then ``$LSTMDROP_CPU_DEVICES``; once JAX's
+  backends have started, either is refused (``ValueError``) unless the CPU
+  already has that many devices. Without either,
+  the CPU becomes ``usable_cores()`` devices, or stays as it is when the
+  calling program has already started JAX or ``XLA_FLAGS`` sets the count. Only the CPU backend is
+  affected: with an accelerator, the mesh is the accelerator's devices.
+
+  Returns:
+    The CPU device count asked for (None: left as it was).
+  """
+  if flag is None and os.environ.get(CPU_DEVICES_ENV, "").strip():
+    text = os.environ[CPU_DEVICES_ENV].strip()
+    try:
+      flag = int(text)
+    except ValueError:
+      flag = -1
+    if flag < 1:
+      raise ValueError(
+        f"${CPU_DEVICES_ENV}={text!r} is not a device count; set it to an int >= 1 (1: one "
+        "CPU device, the cores shared by XLA's threads) or unset it (one device per core)"
+      )
+  if flag is not None:
+    try:
+      use_cpu_devices(flag)
+    except ValueError:  # JAX has started: refused unless it already has that many
+      if len(jax.devices("cpu")) != flag:
+        raise
+    return flag
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return None  # set by the user in XLA's own way
+  try:
+    use_cpu_devices(usable_cores())
+  except ValueError:  # JAX was started by the calling program: use what it set up
+    return None
+  return usable_cores()
 
 
 def initialize_distributed(
@@ -112,16 +169,39 @@ def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), (AXIS,))
 
 
+def plan(mode: str, *, runs: int, batch_size: int, split_pays: bool = True) -> tuple[str, Mesh]:
+  """The layout and mesh for ``runs`` runs trained together.
+
+  ``"data"`` and ``"runs"`` use every device (``check_layout`` says whether
+  they can). ``"auto"``: on several CPU devices of one process, ``"runs"``
+  when there are at least as many runs as devices (``padding`` evens them
+  out), else ``"data"`` over the most devices that divide the batch (one
+  device unless ``split_pays``, the task's ``cpu_split_pays``); anywhere
+  else (accelerators, several hosts), ``"data"`` over every device.
+  """
+  if mode not in (*MODES, "auto"):
+    raise ValueError(f"parallel must be one of {[*MODES, 'auto']}, got {mode!r}")
+  devices = jax.devices()
+  one_cpu_host = devices[0].platform == "cpu" and jax.process_count() == 1
+  if mode != "auto" or len(devices) == 1 or not one_cpu_host:
+    return ("data" if mode == "auto" else mode), make_mesh()
+  if runs >= len(devices):
+    return "runs", make_mesh()
+  used = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0) if split_pays else 1
+  return "data", Mesh(np.asarray(devices[:used]), (AXIS,))
+
+
+def padding(mode: str, mesh: Mesh, runs: int) -> int:
+  """Runs to add so that ``runs`` split evenly over the mesh (``"runs"`` only)."""
+  return -runs % mesh.size if mode == "runs" else 0
+
+
 def check_layout(mode: str, mesh: Mesh, *, runs: int, batch_size: int) -> None:
-  """Raises ``ValueError`` when the work cannot be split over the mesh."""
+  """Raises ``ValueError`` when the work cannot be split over the mesh (runs are
+  padded, see ``padding``; a batch must divide)."""
   n = mesh.size
   if mode not in MODES:
     raise ValueError(f"parallel must be one of {list(MODES)}, got {mode!r}")
-  if mode == "runs" and runs % n:
-    raise ValueError(
-      f"{runs} runs cannot be split over {n} devices; with parallel='runs' the number of "
-      f"runs trained together must be a multiple of {n} (or use parallel='data')"
-    )
   if mode == "data" and batch_size % n:
     raise ValueError(
       f"batch_size {batch_size} is not divisible by the {n} devices; data parallelism splits "

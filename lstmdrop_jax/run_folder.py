@@ -140,6 +140,15 @@ def create_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> Pat
   return path
 
 
+def prepare_run_folder(workdir: str | os.PathLike, config: dict[str, Any], kind: str) -> None:
+  """Readies ``workdir`` for ``config`` as ``config.resume_kind`` judged it: creates a
+  ``"new"`` run's folder, extends an ``"extend"`` one, leaves a ``"same"`` one."""
+  if kind == "new":
+    create_run_folder(workdir, config)
+  elif kind == "extend":
+    extend_run_folder(workdir, config)
+
+
 def extend_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> None:
   """Makes the run in ``workdir`` the run of ``config`` (more epochs, say).
 
@@ -320,3 +329,21 @@ def _reason(e: Exception) -> str:
   text = str(e)
   code = text.rsplit("os_error_code='", 1)[-1].split("'")[0] if "os_error_code='" in text else ""
   return os.strerror(int(code)) if code.isdigit() else text[:300]
+
+
+class ShadowFolder:
+  """A pad run's stand-in for the folder of the run it copies (``parallel.padding``):
+  it reads that folder's log and checkpoints, and writes nothing."""
+
+  def __init__(self, of: RunFolder):
+    self.path, self.ckpt, self.write = of.path, of.ckpt, False
+    self.log = MetricsLog(of.path, write=False)
+
+  def save(self, *args: Any, **kwargs: Any) -> None:
+    pass
+
+  def write_summary(self, summary: dict[str, Any]) -> None:
+    pass
+
+  def close(self) -> None:
+    pass

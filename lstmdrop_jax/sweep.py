@@ -128,7 +128,7 @@ def run_sweep(
   out: str | Path,
   *,
   group_size: int = 0,
-  parallel: str = "data",
+  parallel: str = "auto",
   title: str = "",
   progress: bool = True,
 ) -> dict[str, Path]:
@@ -152,7 +152,7 @@ def train_points(
   runs_dir: str | Path,
   *,
   group_size: int = 0,
-  parallel: str = "data",
+  parallel: str = "auto",
   progress: bool = True,
 ) -> None:
   """Trains ``(run folder name, config)`` points into ``runs_dir/<name>``, in stackable
@@ -165,9 +165,10 @@ def train_points(
   for _, c in points:
     c.validate()
   chunks = groups(points, group_size)
-  mesh = par.make_mesh()
   for chunk in chunks:
-    par.check_layout(parallel, mesh, runs=len(chunk), batch_size=chunk[0][1].batch_size)
+    batch_size = chunk[0][1].batch_size
+    mode, mesh = par.plan(parallel, runs=len(chunk), batch_size=batch_size)
+    par.check_layout(mode, mesh, runs=len(chunk), batch_size=batch_size)
   for chunk in chunks:
     train_runs(
       [c for _, c in chunk],
@@ -215,10 +216,12 @@ class _Cli:
   """Other fields to vary, as FIELD=V1,V2 (e.g. hidden=32,64 or dropout.recurrent=0,0.2)."""
   group_size: int = 0
   """Most runs trained together in one vmapped step (0: every stackable point)."""
-  parallel: str = "data"
-  """How devices share a group: 'data' (split batches) or 'runs' (whole runs per device)."""
+  parallel: str = "auto"
+  """How devices share a group: 'data' (split batches), 'runs' (whole runs per device), or
+  'auto' (runs when a group has at least as many runs as devices, on a CPU)."""
   cpu_devices: int | None = None
-  """CPU: present the CPU as this many JAX devices."""
+  """CPU: present the CPU as this many JAX devices (default: one per usable core, or
+  $LSTMDROP_CPU_DEVICES; 1 switches it off)."""
   title: str = ""
 
 
@@ -227,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
   args = tyro.cli(_Cli, args=argv, prog="python -m lstmdrop_jax.sweep", description=description)
   keep_freed_host_memory()
   try:
-    par.use_cpu_devices(args.cpu_devices)
+    par.setup_cpu_devices(args.cpu_devices)
     sweep = Sweep(args.config, args.settings, args.rates, args.seeds, parse_vary(args.vary))
     t0 = time.perf_counter()
     paths = run_sweep(

@@ -31,20 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from lstmdrop_jax import optim, steps
+from lstmdrop_jax import fused, optim, steps
 from lstmdrop_jax import parallel as par
+from lstmdrop_jax import run_folder as rf
 from lstmdrop_jax.config import Config, check_stackable, resume_kind
 from lstmdrop_jax.data import ArrayData
 from lstmdrop_jax.dropout import DropoutConfig
-from lstmdrop_jax.run_folder import (
-  RunFolder,
-  check_workdir,
-  create_run_folder,
-  extend_run_folder,
-  read_config,
-  read_summary,
-)
-from lstmdrop_jax.tasks import Task, make_task
+from lstmdrop_jax.tasks import Task, make_task, task_type
 
 __all__ = ["Config", "train_and_evaluate", "train_runs"]
 
@@ -54,8 +47,8 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
   """Trains one run in ``workdir`` (resuming it if it exists) and returns its summary.
 
-  Data parallel over every device (one device: plain training); see
-  ``parallel.py``. ``data``: your own ``ArrayData`` (``config.dataset`` is
+  The batch is split over the devices as ``parallel.plan`` says (one device:
+  plain training). ``data``: your own ``ArrayData`` (``config.dataset`` is
   then only its label); a resumed run checks that it is the same data.
 
   Raises:
@@ -74,16 +67,16 @@ def train_runs(
   workdirs: Sequence[str | Path],
   *,
   progress: bool = True,
-  parallel: str = "data",
+  parallel: str = "auto",
   data: ArrayData | None = None,
 ) -> list[dict[str, Any]]:
   """Trains K runs together (one vmapped step), each in its own run folder.
 
   The configs may differ only in ``seed`` and the dropout rates (not in
   ``dropout.time_locked``). Finished runs are read back, not retrained.
-  ``parallel`` says how the devices share the work: ``"data"`` splits every
-  batch over them, ``"runs"`` gives each device whole runs (K must be a
-  multiple of the device count); see ``parallel.py``. ``data``: your own
+  ``parallel``: ``"data"`` splits every batch over the devices, ``"runs"`` gives
+  each device whole runs (K padded with copies of the first run, which write
+  nothing), ``"auto"`` picks one (``parallel.plan``). ``data``: your own
   ``ArrayData`` for every run (each run splits off its validation series by
   its seed unless the arrays give a validation split).
 
@@ -100,35 +93,37 @@ def train_runs(
   for c in configs:
     c.validate(external_data=data is not None)
   check_stackable(configs)
-  paths = [check_workdir(w).absolute() for w in workdirs]
+  paths = [rf.check_workdir(w).absolute() for w in workdirs]
   if len(set(paths)) != len(paths):
     raise ValueError("two runs share a workdir; give each run its own folder")
-  mesh = par.make_mesh()
+  pays = task_type(configs[0].dataset, external_data=data is not None).cpu_split_pays
+  parallel, mesh = par.plan(parallel, runs=len(configs), batch_size=configs[0].batch_size,
+                            split_pays=pays)  # fmt: skip
   par.check_layout(parallel, mesh, runs=len(configs), batch_size=configs[0].batch_size)
-  folders = [resume_kind(read_config(p), c, p) for p, c in zip(paths, configs, strict=True)]
+  folders = [resume_kind(rf.read_config(p), c, p) for p, c in zip(paths, configs, strict=True)]
   summaries = [
-    read_summary(p) if f == "same" else None for p, f in zip(paths, folders, strict=True)
+    rf.read_summary(p) if f == "same" else None for p, f in zip(paths, folders, strict=True)
   ]
   # Data parallel: train only the unfinished runs. Runs parallel: keep the
   # group whole (finished runs ride along frozen) so it still splits evenly.
   todo = [k for k, s in enumerate(summaries) if s is None or parallel == "runs"]
   if any(summaries[k] is None for k in todo):
+    pads = [configs[todo[0]]] * par.padding(parallel, mesh, len(todo))  # they write nothing
+    group_configs = [configs[k] for k in todo] + pads
     # The data first: a bad dataset or batch size fails before anything is written.
-    task = make_task([configs[k] for k in todo], devices=mesh.size, data=data)
+    task = make_task(group_configs, devices=mesh.size, data=data)
     if par.is_main_process():
       for k in todo:
-        if folders[k] == "new":
-          create_run_folder(paths[k], configs[k].to_dict())
-        elif folders[k] == "extend":
-          extend_run_folder(paths[k], configs[k].to_dict())
+        rf.prepare_run_folder(paths[k], configs[k].to_dict(), folders[k])
     par.sync("run folders prepared")
-    group = _Group.compile(task, [configs[k] for k in todo], mesh, parallel)
-    done = group.train(
-      [paths[k] for k in todo],
-      [summaries[k] is not None for k in todo],
-      progress=progress and par.is_main_process(),
-      started=started,
-    )
+    group = _Group.compile(task, group_configs, mesh, parallel)
+    with fused.batch_split_over_devices(parallel == "data" and mesh.size > 1):
+      done = group.train(
+        [paths[k] for k in todo],
+        [summaries[k] is not None for k in todo],
+        progress=progress and par.is_main_process(),
+        started=started,
+      )
     for k, s in zip(todo, done, strict=True):
       summaries[k] = s
   par.sync("runs finished")
@@ -145,7 +140,7 @@ class _Run:
   """Host-side bookkeeping of one run (saved as the checkpoint's ``meta``)."""
 
   config: Config
-  folder: RunFolder
+  folder: rf.RunFolder
   index: int  # position in the stacked state
   template: Any  # a fresh state: the structure checkpoints restore into
   epoch: int = 0
@@ -228,13 +223,13 @@ class _Group:
   def open_runs(self, paths: Sequence[Path], finished: Sequence[bool], started: float) -> None:
     """Restores each run from its latest checkpoint, or starts it, and stacks the states."""
     states, keys = [], []
-    for c, p, done in zip(self.configs, paths, finished, strict=True):
+    for c, p, done in zip(self.configs[: len(paths)], paths, finished, strict=True):
       init_key, dropout_key = jax.random.split(jax.random.key(c.seed))
       model = self.model.clone(dropout=c.dropout)
       fresh = steps.create_train_state(
         model, self.tx, init_key, self.task.sample_x, self.task.objective
       )
-      folder = RunFolder(p, keep=c.keep_checkpoints, write=par.is_main_process())
+      folder = rf.RunFolder(p, keep=c.keep_checkpoints, write=par.is_main_process())
       run = _Run(c, folder, len(self.runs), fresh, started=started)
       folder.check_data(self.task.describe(run.index))
       restored = folder.resume(fresh, _FROM_CONFIG)
@@ -253,6 +248,10 @@ class _Group:
       self.runs.append(run)
       states.append(state)
       keys.append(jax.random.key_data(dropout_key))
+    first, pads = self.runs[0], len(self.configs) - len(paths)  # pad runs: the first again
+    for k in range(len(paths), len(self.configs)):
+      self.runs.append(dataclasses.replace(first, index=k, folder=rf.ShadowFolder(first.folder)))
+    states, keys = states + [states[0]] * pads, keys + [keys[0]] * pads
     # Host copies -> global arrays laid out on the mesh (each host its own rows).
     self.states = par.put(jax.device_get(_stack(states)), self.shardings["state"])
     self.keys = par.put(np.stack(jax.device_get(keys)), self.shardings["state"])
@@ -296,7 +295,7 @@ class _Group:
       for r in self.runs:
         r.folder.close()
     par.sync("summaries written")
-    return [read_summary(r.folder.path) for r in self.runs]
+    return [rf.read_summary(p) for p in paths]
 
   def train_epoch(self) -> tuple[list[int], dict[str, np.ndarray]]:
     """One epoch of every running run in one call: the runs trained, their ``[K]`` metrics."""
@@ -373,6 +372,8 @@ class _Group:
 
   def finish(self, run: _Run) -> None:
     """Writes ``summary.json`` (after the Monte-Carlo evaluation, if asked)."""
+    if isinstance(run.folder, rf.ShadowFolder):
+      return
     evals = [r for r in run.folder.log.records() if r.get("event") == "eval"]
     summary = {
       "status": run.status,

@@ -10,6 +10,9 @@ import tempfile
 _CACHE = tempfile.mkdtemp(prefix="lstmdrop_jax_tests_")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+# One CPU device, in this process and in the command lines the tests start (whose
+# default is one per core); the tests of that default set their own.
+os.environ["LSTMDROP_CPU_DEVICES"] = "1"
 
 import json
 from pathlib import Path

@@ -54,15 +54,21 @@ seeds = [Config.from_dict(d) for d in json.loads(sys.argv[3])]
 assert jax.device_count() == 4, jax.devices()
 train_and_evaluate(base, f"{root}/dp4", progress=False)
 train_runs(seeds, [f"{root}/runs4/{k}" for k in range(4)], parallel="runs", progress=False)
+# 3 runs on 4 devices: padded with a copy of the first run, which writes nothing.
+train_runs(seeds[:3], [f"{root}/runs3/{k}" for k in range(3)], parallel="runs", progress=False)
 errors = {}
-for name, call in {
-    "batch": lambda: train_and_evaluate(dataclasses.replace(base, batch_size=10), f"{root}/bad1"),
-    "runs": lambda: train_runs(seeds[:3], [f"{root}/bad2/{k}" for k in range(3)], parallel="runs"),
-}.items():
-  try:
-    call()
-  except ValueError as e:
-    errors[name] = str(e)
+try:
+  train_runs([dataclasses.replace(base, batch_size=10)], [f"{root}/bad1"], parallel="data")
+except ValueError as e:
+  errors["batch"] = str(e)
+from lstmdrop_jax import parallel
+plans = {
+  f"{kind} {runs}x{batch}": parallel.plan("auto", runs=runs, batch_size=batch, split_pays=pays)
+  for kind, pays in (("clf", True), ("lm", False)) for runs, batch in ((5, 16), (2, 16), (1, 6))
+}
+print("PLANS " + json.dumps({k: [mode, mesh.size] for k, (mode, mesh) in plans.items()}))
+# A single run the CLI's way: 'auto' splits a batch of 6 over the 3 devices that divide it.
+train_and_evaluate(dataclasses.replace(base, batch_size=6), f"{root}/auto6", progress=False)
 print("ERRORS " + json.dumps(errors))
 """
 
@@ -78,8 +84,12 @@ def four_devices(tmp_path_factory):
     env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
   )  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-3000:]
-  line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("ERRORS "))
-  return root, json.loads(line[len("ERRORS ") :])
+  out = {
+    ln.split(" ", 1)[0]: json.loads(ln.split(" ", 1)[1])
+    for ln in proc.stdout.splitlines()
+    if ln.startswith(("ERRORS ", "PLANS "))
+  }
+  return root, out["ERRORS"], out["PLANS"]
 
 
 def _params(workdir, epoch=None):
@@ -96,7 +106,7 @@ def _close(a, b):
 
 
 def test_four_devices_equal_one_device(four_devices, tmp_path):
-  root, _ = four_devices
+  root, _, _ = four_devices
   train_and_evaluate(BASE, tmp_path / "dp1", progress=False)
   _close(_params(root / "dp4"), _params(tmp_path / "dp1"))
   ev = lambda d: [r for r in read_jsonl(d / "metrics.jsonl") if r.get("event") == "eval"]
@@ -105,7 +115,7 @@ def test_four_devices_equal_one_device(four_devices, tmp_path):
 
 
 def test_checkpoint_from_four_devices_resumes_on_one(four_devices, tmp_path):
-  root, _ = four_devices
+  root, _, _ = four_devices
   run = tmp_path / "run"
   shutil.copytree(root / "dp4", run)
   # As if the 4-device run had been killed right after its epoch-2 checkpoint.
@@ -120,17 +130,50 @@ def test_checkpoint_from_four_devices_resumes_on_one(four_devices, tmp_path):
 
 
 def test_runs_sharded_over_devices_equal_each_run_alone(four_devices, tmp_path):
-  root, _ = four_devices
+  root, _, _ = four_devices
   for k, c in enumerate(SEEDS):
     train_and_evaluate(c, tmp_path / str(k), progress=False)
     _close(_params(root / "runs4" / str(k)), _params(tmp_path / str(k)))
 
 
-def test_indivisible_layouts_get_clear_errors(four_devices):
-  _, errors = four_devices
+def test_an_indivisible_batch_gets_a_clear_error(four_devices):
+  _, errors, _ = four_devices
   assert "batch_size 10 is not divisible by the 4 devices" in errors["batch"]
   assert "use a multiple of 4 (e.g. 12)" in errors["batch"]
-  assert "3 runs cannot be split over 4 devices" in errors["runs"]
+
+
+def test_runs_padded_to_the_devices_equal_each_run_alone_and_the_pad_writes_nothing(
+  four_devices, tmp_path
+):
+  root, _, _ = four_devices
+  assert sorted(p.name for p in (root / "runs3").iterdir()) == ["0", "1", "2"]
+  for k, c in enumerate(SEEDS[:3]):
+    train_and_evaluate(c, tmp_path / str(k), progress=False)
+    # Whole runs per device compute what one device computes, up to float rounding
+    # (XLA compiles the per-device program of a sharded group differently).
+    _close(_params(root / "runs3" / str(k)), _params(tmp_path / str(k)))
+    got, want = (
+      read_jsonl(d / "metrics.jsonl") for d in (root / "runs3" / str(k), tmp_path / str(k))
+    )
+    # One record per epoch and evaluation: the pad logged nothing into run 0's folder.
+    events = lambda recs: [(r["epoch"], r.get("event")) for r in recs]
+    assert events(got) == events(want)
+    assert got[-1]["val/accuracy"] == want[-1]["val/accuracy"]
+
+
+def test_auto_gives_cores_whole_runs_or_splits_a_classifiers_batch(four_devices, tmp_path):
+  root, _, plans = four_devices
+  assert plans == {
+    "clf 5x16": ["runs", 4],  # padded to 8
+    "clf 2x16": ["data", 4],
+    "clf 1x6": ["data", 3],  # the most devices that divide the batch
+    "lm 5x16": ["runs", 4],
+    "lm 2x16": ["data", 1],  # a language model's batch is not split on a CPU
+    "lm 1x6": ["data", 1],
+  }
+  alone = dataclasses.replace(BASE, batch_size=6)
+  train_and_evaluate(alone, tmp_path / "one", progress=False)
+  _close(_params(root / "auto6"), _params(tmp_path / "one"))
 
 
 _ALLOCATOR_PROBE = """
@@ -198,20 +241,55 @@ def test_use_cpu_devices_splits_the_cpu_and_refuses_to_come_late():
       parallel.use_cpu_devices(bad)
 
 
-def test_cli_cpu_devices_takes_effect_and_bad_layouts_write_nothing(tmp_path):
+_DEFAULT_PROBE = """
+import json, os
+from lstmdrop_jax import parallel
+asked = parallel.setup_cpu_devices()
+import jax
+out = {"asked": asked, "devices": jax.device_count(), "cores": parallel.usable_cores()}
+for late in (None, jax.device_count(), jax.device_count() + 1):
+  try:
+    out[f"late {late}"] = parallel.setup_cpu_devices(late)
+  except ValueError as e:
+    out[f"late {late}"] = str(e)
+print(json.dumps(out))
+"""
+
+
+def _probe(env_value):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
+  env.pop("LSTMDROP_CPU_DEVICES")
+  if env_value is not None:
+    env["LSTMDROP_CPU_DEVICES"] = env_value
+  proc = subprocess.run(
+    [sys.executable, "-c", _DEFAULT_PROBE], capture_output=True, text=True, env=env, cwd=ROOT
+  )
+  return proc, (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None)
+
+
+def test_entry_points_default_to_a_device_per_core_unless_told_otherwise():
+  _, out = _probe(None)
+  n = out["cores"]
+  assert out["asked"] == n and out["devices"] == n
+  # After JAX has started: the default and the same count change nothing, another
+  # count is refused.
+  assert out["late None"] == n and out[f"late {n}"] == n
+  assert "came too late" in out[f"late {n + 1}"]
+  _, off = _probe("1")
+  assert off["asked"] == 1 and off["devices"] == 1
+  proc, _ = _probe("two")
+  assert "$LSTMDROP_CPU_DEVICES='two' is not a device count" in proc.stderr
+
+
+def test_cli_refuses_a_bad_device_count_in_one_line_and_writes_nothing(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", LSTMDROP_CPU_DEVICES="0")
   env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
   cli = [sys.executable, "-m", "lstmdrop_jax.train", "--dataset", "synthetic", "--epochs", "1"]
-  # 15 rows cannot be split over the 2 devices the flag makes: refused up front.
-  workdir = tmp_path / "odd"
-  proc = subprocess.run(
-    [*cli, "--workdir", str(workdir), "--cpu-devices", "2", "--batch-size", "15"],
-    capture_output=True, text=True, env=env, cwd=ROOT,
-  )  # fmt: skip
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  assert "not divisible by the 2 devices" in proc.stderr
-  assert not workdir.exists()
+  workdir = tmp_path / "run"
+  proc = subprocess.run([*cli, "--workdir", str(workdir)], capture_output=True, text=True, env=env)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+  assert "error: $LSTMDROP_CPU_DEVICES='0' is not a device count" in proc.stderr
   proc = subprocess.run(
     [*cli, "--workdir", str(workdir), "--cpu-devices", "0"], capture_output=True, text=True, env=env
   )
@@ -219,16 +297,24 @@ def test_cli_cpu_devices_takes_effect_and_bad_layouts_write_nothing(tmp_path):
   assert not workdir.exists()
 
 
-def test_overfit_refuses_an_unsplittable_grid_before_writing(tmp_path):
+def test_the_overfit_tables_on_four_devices_equal_one_devices(tmp_path):
+  """5 runs on 4 devices: whole runs per device, padded to 8. The tables are the
+  same to the last printed digit; the parameters to float rounding."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
-  out = tmp_path / "grid"
   script = str(ROOT / "experiments" / "overfit.py")
-  proc = subprocess.run(
-    [sys.executable, script, "--dataset", "synthetic", "--quick", "--cpu-devices", "4",
-     "--parallel", "runs", "--out", str(out)],
-    capture_output=True, text=True, env=env, cwd=ROOT,
-  )  # fmt: skip
-  assert proc.returncode != 0
-  assert "error: 18 runs cannot be split over 4 devices" in proc.stderr, proc.stderr[-2000:]
-  assert not out.exists()
+  grid = ["--dataset", "synthetic", "--seeds", "1", "--rates", "0.5", "--hidden", "8",
+          "--epochs", "3", "--eval-every", "1"]  # fmt: skip
+  for devices in ("4", "1"):
+    proc = subprocess.run(
+      [sys.executable, script, *grid, "--cpu-devices", devices, "--out", str(tmp_path / devices)],
+      capture_output=True, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+  tables = [(tmp_path / d / "overfit.csv").read_text() for d in ("4", "1")]
+  assert tables[0] == tables[1] and tables[0].count("\n") == 6  # header + 5 settings
+  runs = sorted((tmp_path / "4" / "runs").glob("*/seed_0"))
+  assert len(runs) == 5  # the 3 pad runs wrote no folder
+  for run in runs:
+    same = tmp_path / "1" / "runs" / run.relative_to(tmp_path / "4" / "runs")
+    _close(_params(run), _params(same))

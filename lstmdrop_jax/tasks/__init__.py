@@ -44,6 +44,8 @@ class Task(Protocol):
       (the rest are scored at every evaluation).
     eval_splittable: whether an evaluation batch can be split over devices
       on its batch axis (else it is replicated).
+    cpu_split_pays: whether splitting a run's batch over CPU cores makes it
+      faster (``parallel.plan``'s ``"auto"``).
   """
 
   objective: steps.Objective
@@ -51,6 +53,7 @@ class Task(Protocol):
   sample_x: np.ndarray
   final_only_splits: ClassVar[frozenset[str]]
   eval_splittable: ClassVar[bool]
+  cpu_split_pays: ClassVar[bool]
 
   @classmethod
   def check_config(cls, config: Any, *, external_data: bool = False) -> None:

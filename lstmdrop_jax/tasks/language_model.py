@@ -23,6 +23,9 @@ class LanguageModelTask:
   final_only_splits: frozenset[str] = frozenset({"test"})
   # Evaluation is one stream (batch 1): replicated, not split.
   eval_splittable = False
+  # The softmax matmuls already use every core, and a split adds an all-reduce of
+  # the embedding and softmax gradients: slower (docs/PERFORMANCE.md, ptb_small).
+  cpu_split_pays = False
 
   @classmethod
   def check_config(cls, config: Any, *, external_data: bool = False) -> None:
