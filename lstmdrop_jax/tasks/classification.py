@@ -63,8 +63,12 @@ class ClassificationTask:
     self.batch_size = c.batch_size
     self.steps_per_epoch = data_lib.num_batches(len(ref.train), c.batch_size)
     self.sample_x = np.zeros((c.batch_size, ref.length, ref.num_features), np.float32)
-    bs = min(c.eval_batch_size, max(len(getattr(ref, s)) for s in ref.splits))
-    self._eval_bs = -(-bs // devices) * devices  # padded rows are masked
+    rounded = lambda n: -(-min(c.eval_batch_size, n) // devices) * devices  # pads are masked
+    # Monte-Carlo batches (their masks depend on the shape) share the largest split's size;
+    # each split's deterministic evaluation is batched to its own size, so a small
+    # validation split is not padded to the test split's.
+    self._eval_bs = rounded(max(len(getattr(ref, s)) for s in ref.splits))
+    self._split_bs = {s: rounded(len(getattr(ref, s))) for s in ref.splits}
 
   @classmethod
   def model_from(cls, config: Any, described: dict[str, Any]) -> SequenceClassifier:
@@ -103,7 +107,7 @@ class ClassificationTask:
   def eval_batches(self) -> dict[str, dict[str, np.ndarray]]:
     return {
       split: stack(
-        [stack(data_lib.eval_batches(getattr(d, split), self._eval_bs)) for d in self.sets]
+        [stack(data_lib.eval_batches(getattr(d, split), self._split_bs[split])) for d in self.sets]
       )
       for split in self.sets[0].splits
     }
