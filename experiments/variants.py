@@ -170,8 +170,9 @@ def write_study(per_dataset: dict[str, list[dict]], out: Path, title: str) -> di
   paths = tables.write_tables(
     out, "variants", header, rows, caption=title, csv_header=csv_header, csv_rows=csv_rows
   )
+  short = lambda r: "combination" if r["setting"].startswith("custom") else _label(r)
   panels = {
-    dataset: [(_label(r), r["delta_test"]) for r in drows if r["setting"] != "none"]
+    dataset: [(short(r), r["delta_test"]) for r in drows if r["setting"] != "none"]
     for dataset, drows in per_dataset.items()
   }
   paths["plot"] = plots.plot_differences(
