@@ -31,10 +31,11 @@ off). Library functions never change that setting; they use the devices they
 find. With several CPU devices, ``parallel="auto"`` (``plan``) gives each
 core whole runs when a group has at least as many runs as cores (the group
 padded with copies of its first run, whose results are discarded), else
-splits the batch over as many cores as divide it. Whole runs per device
-compute exactly what one device computes; a split batch differs from one
-device in float rounding (the gradient is summed in parts, and some matmuls
-keep a 3-D layout, see ``fused.project_steps``), as on any device count.
+splits the batch over as many cores as divide it. Either differs from one
+device in float rounding, as any change of device count does: a split batch
+sums its gradient in parts and keeps some matmuls 3-D
+(``fused.project_steps``), and XLA compiles a device's share of whole runs
+as a smaller group (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -89,10 +90,10 @@ def setup_cpu_devices(flag: int | None = None) -> int | None:
 
   ``flag`` (``--cpu-devices``) wins, then ``$LSTMDROP_CPU_DEVICES``; once JAX's
   backends have started, either is refused (``ValueError``) unless the CPU
-  already has that many devices. Without either,
-  the CPU becomes ``usable_cores()`` devices, or stays as it is when the
-  calling program has already started JAX or ``XLA_FLAGS`` sets the count. Only the CPU backend is
-  affected: with an accelerator, the mesh is the accelerator's devices.
+  already has that many devices. Without either, the CPU becomes
+  ``usable_cores()`` devices, or stays as it is when the calling program has
+  already started JAX or ``XLA_FLAGS`` sets the count. Only the CPU backend
+  is affected: with an accelerator, the mesh is the accelerator's devices.
 
   Returns:
     The CPU device count asked for (None: left as it was).
