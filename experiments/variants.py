@@ -148,7 +148,6 @@ def study_rows(runs_dir: Path) -> list[dict]:
 
 
 def write_study(per_dataset: dict[str, list[dict]], out: Path, title: str) -> dict[str, Path]:
-  fmt = lambda m: "n/a" if m["mean"] != m["mean"] else f"{m['mean']:.3f} ± {m['std']:.3f}"
   ci = lambda m: f"{m['mean']:+.3f} [{m['lo']:+.3f}, {m['hi']:+.3f}]" if m["n"] > 1 else "n/a"
   metrics = ("train_acc", "val_acc_best", "test_acc", "val_acc_final", "gap")
   labels = {n: label for n, _, label in report.METRICS}
@@ -158,7 +157,7 @@ def write_study(per_dataset: dict[str, list[dict]], out: Path, title: str) -> di
   for dataset, drows in per_dataset.items():
     for r in drows:
       label = _label(r)
-      rows.append([dataset, label, str(r["seeds"]), *(fmt(r[n]) for n in metrics)])
+      rows.append([dataset, label, str(r["seeds"]), *(report.mean_std(r[n]) for n in metrics)])
       rows[-1].append("(baseline)" if r["setting"] == "none" else ci(r["delta_test"]))
       csv_rows.append(
         [dataset, label, r["seeds"]]

@@ -183,7 +183,8 @@ def _row_order(row: dict) -> tuple:
   return (fields, rank, row["setting"], row["rate"])
 
 
-def _fmt(m: dict) -> str:
+def mean_std(m: dict) -> str:
+  """A ``mean_ci`` result as the tables show it: ``mean ± std`` (``n/a`` when missing)."""
   return "n/a" if math.isnan(m["mean"]) else f"{m['mean']:.3f} ± {m['std']:.3f}"
 
 
@@ -201,7 +202,7 @@ def write_tables(
   header = [*varying, "placement", "rate", "seeds", *(label for _, label in metrics), "gap 95% CI"]
   display = [
     [*(tables.cell(r["fields"][k]) for k in varying), r["setting"], f"{r['rate']:g}",
-     str(r["seeds"]), *(_fmt(r[n]) for n, _ in metrics), ci(r["gap"])]
+     str(r["seeds"]), *(mean_std(r[n]) for n, _ in metrics), ci(r["gap"])]
     for r in rows
   ]  # fmt: skip
   stats = ("mean", "std", "lo", "hi")
