@@ -174,6 +174,11 @@ def test_mask_statistics_and_time_locking(monkeypatch):
   assert [m.shape for m in zone] == [(50, 32, 64)] * 2
   for m, p in zip(zone, (0.3, 0.1), strict=True):  # the keep-previous fraction is the rate
     assert abs(m.mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
+    for axis in range(3):  # neighbours in time, batch and unit are independent
+      a, b = np.moveaxis(m, axis, 0)[1:], np.moveaxis(m, axis, 0)[:-1]
+      assert abs((a & b).mean() - p * p) < 5 * np.sqrt(p * p * (1 - p * p) / a.size)
+  both = zone[0] & zone[1]  # h's and c's masks are independent of each other
+  assert abs(both.mean() - 0.03) < 5 * np.sqrt(0.03 * 0.97 / n)
   (per_step,) = _drawn(monkeypatch, DropoutConfig(semeniuta=0.4))["keep"]
   assert per_step.shape == (50, 32, 64)
   assert abs((1 - per_step.mean()) - 0.4) < 5 * np.sqrt(0.24 / n)
