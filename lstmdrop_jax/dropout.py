@@ -309,7 +309,7 @@ def _uniform16(key: Array, shape: tuple[int, ...]) -> Array:
 
   ``key`` gives two 32-bit seeds (one threefry draw); each entry is the top 16 bits
   of a keyed two-round hash of its index, ``mix(mix(i ^ s0) + s1)``. That costs a
-  fifth of threefry bits for the same number of entries, and the in-cell masks draw
+  quarter of the time of threefry bits for the same entries, and the in-cell masks draw
   a ``[T, B, H]`` block per layer and step. Entries are independent for every
   statistic the masks are tested on (``tests/test_variants.py``); shapes are limited
   to ``2**32`` entries.

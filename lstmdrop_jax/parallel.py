@@ -11,9 +11,9 @@ Two ways to use the mesh's one axis, ``"devices"``:
   with copies of the group's first run, which write nothing.
 * ``"auto"``: one of the two, by ``plan``.
 
-Dropout masks do not depend on the layout: JAX's partitionable threefry
-draws the same bits whatever the sharding, so a run on 4 devices draws the
-masks it draws on 1.
+Dropout masks do not depend on the layout: JAX's partitionable threefry,
+and the in-cell masks' hash of each entry's global index, draw the same bits
+whatever the sharding, so a run on 4 devices draws the masks it draws on 1.
 
 Multi-host: ``initialize_distributed`` starts ``jax.distributed`` from
 explicit flags or a SLURM allocation. Every host builds each epoch's batch
