@@ -41,9 +41,11 @@ as a smaller group (docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -239,3 +241,29 @@ def put(tree: Any, sharding: NamedSharding) -> Any:
     return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
 
   return jax.tree.map(one, tree)
+
+
+def stack(trees: Sequence[Any]) -> Any:
+  """The runs' pytrees stacked along a new leading axis (``[K, ...]`` leaves)."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+class Rows:
+  """Run ``k``'s slice of stacked states, ``rows[k]``, for checkpoints.
+
+  When this process holds every shard, the states come to the host in one copy,
+  on first use, and are sliced there: slicing each leaf on the devices is a
+  dispatch (and a compile for each new layout) per leaf and run. Otherwise the
+  slices are taken on the devices, where every process takes part.
+  """
+
+  def __init__(self, states: Any):
+    self.states, self._host = states, None
+    self._local = all(a.is_fully_addressable for a in jax.tree.leaves(states))
+
+  def __getitem__(self, k: int) -> Any:
+    if not self._local:
+      return jax.tree.map(lambda a: a[k], self.states)
+    if self._host is None:
+      self._host = jax.device_get(self.states)
+    return jax.tree.map(lambda a: a[k], self._host)

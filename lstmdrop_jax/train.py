@@ -171,14 +171,6 @@ class _Run:
     return self.status == "running" and (self.epoch % c.eval_every == 0 or self.epoch >= c.epochs)
 
 
-def _stack(trees: Sequence[Any]) -> Any:
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def _index(tree: Any, k: int) -> Any:
-  return jax.tree.map(lambda a: a[k], tree)
-
-
 @dataclasses.dataclass
 class _Group:
   """K runs trained together: the task, the compiled functions, the device layout."""
@@ -223,12 +215,15 @@ class _Group:
   def open_runs(self, paths: Sequence[Path], finished: Sequence[bool], started: float) -> None:
     """Restores each run from its latest checkpoint, or starts it, and stacks the states."""
     states, keys = [], []
+    # Compiled once for the group (the rates are traced): eager, it is most of a start.
+    init = jax.jit(
+      lambda key, dropout: steps.create_train_state(
+        self.model.clone(dropout=dropout), self.tx, key, self.task.sample_x, self.task.objective
+      )
+    )
     for c, p, done in zip(self.configs[: len(paths)], paths, finished, strict=True):
       init_key, dropout_key = jax.random.split(jax.random.key(c.seed))
-      model = self.model.clone(dropout=c.dropout)
-      fresh = steps.create_train_state(
-        model, self.tx, init_key, self.task.sample_x, self.task.objective
-      )
+      fresh = init(init_key, c.dropout)
       folder = rf.RunFolder(p, keep=c.keep_checkpoints, write=par.is_main_process())
       run = _Run(c, folder, len(self.runs), fresh, started=started)
       folder.check_data(self.task.describe(run.index))
@@ -253,7 +248,7 @@ class _Group:
       self.runs.append(dataclasses.replace(first, index=k, folder=rf.ShadowFolder(first.folder)))
     states, keys = states + [states[0]] * pads, keys + [keys[0]] * pads
     # Host copies -> global arrays laid out on the mesh (each host its own rows).
-    self.states = par.put(jax.device_get(_stack(states)), self.shardings["state"])
+    self.states = par.put(jax.device_get(par.stack(states)), self.shardings["state"])
     self.keys = par.put(np.stack(jax.device_get(keys)), self.shardings["state"])
 
   def train(
@@ -285,9 +280,9 @@ class _Group:
         trained, metrics = self.train_epoch()
         bar.update(len(trained))
         self.log_train(trained, metrics)
-        evals = self.evaluate(trained, eval_batches)
+        evals, rows = self.evaluate(trained, eval_batches), par.Rows(self.states)
         for k in trained:
-          self.end_epoch(self.runs[k], evals)
+          self.end_epoch(self.runs[k], evals, rows)
         latest = [r.latest for r in self.runs]
         bar.set_postfix_str(self.task.postfix(latest, [r.best for r in self.runs]), refresh=False)
     finally:
@@ -351,7 +346,7 @@ class _Group:
       if last or split not in self.task.final_only_splits
     }
 
-  def end_epoch(self, run: _Run, evals: dict[str, dict]) -> None:
+  def end_epoch(self, run: _Run, evals: dict[str, dict], rows: par.Rows) -> None:
     """Logs the run's evaluation, keeps its best, checkpoints, and finishes it if done."""
     if run.status != "running":
       return
@@ -366,7 +361,7 @@ class _Group:
         run.best = record
     run.check_done()
     if improved or run.status != "running" or run.epoch % run.config.checkpoint_every == 0:
-      run.folder.save(run.epoch, _index(self.states, run.index), run.meta(), best=improved)
+      run.folder.save(run.epoch, rows[run.index], run.meta(), best=improved)
     if run.status != "running":
       self.finish(run)
 
