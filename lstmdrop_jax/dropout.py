@@ -181,8 +181,15 @@ class _DropoutConfigMethods:
       )
     return cls(**rates, **kwargs)
 
-  def is_time_locked(self, placement: str) -> bool:
+  def is_time_locked(self, placement: str) -> Any:
+    """Whether ``placement`` draws one mask per sequence: a bool, or (in a group of
+    runs that differ in it, ``GroupDropout``) each run's traced flag."""
     return placement in self.time_locked
+
+  def member(self, run: DropoutConfig) -> DropoutConfig:
+    """``run``'s dropout in the form of a group whose dropout is this one (``union``):
+    here ``run`` itself; a ``GroupDropout`` adds its locking flags."""
+    return run
 
   def lm_only_on(self) -> tuple[str, ...]:
     """Language-model placements with a concrete non-zero rate (a classifier refuses them)."""
@@ -209,14 +216,15 @@ class _DropoutConfigMethods:
   @classmethod
   def union(cls, configs: Sequence[DropoutConfig]) -> DropoutConfig:
     """A config that uses every placement any of ``configs`` uses (at its largest rate):
-    the placements of a group of runs trained together. They must agree on
-    ``time_locked``."""
-    locked = {c.time_locked for c in configs}
-    if len(locked) > 1:
-      raise ValueError(f"runs trained together must agree on time_locked, got {sorted(locked)}")
-    return cls(
-      **{n: max(float(getattr(c, n)) for c in configs) for n in RATE_FIELDS},
-      time_locked=configs[0].time_locked,
+    the placements of a group of runs trained together. Where the runs differ in
+    ``time_locked``, a ``GroupDropout``: those placements take each run's flag."""
+    rates = {n: max(float(getattr(c, n)) for c in configs) for n in RATE_FIELDS}
+    every = [p for p in LOCKABLE if all(p in c.time_locked for c in configs)]
+    some = [p for p in LOCKABLE if p not in every and any(p in c.time_locked for c in configs)]
+    if not some:
+      return DropoutConfig(**rates, time_locked=tuple(every))
+    return GroupDropout(
+      **rates, time_locked=tuple(every), per_run=tuple(some), locks=(False,) * len(some)
     )
 
   def replace(self, **changes) -> DropoutConfig:
@@ -259,6 +267,64 @@ DropoutConfig = jax.tree_util.register_pytree_node_class(
   )
 )
 DropoutConfig.__module__ = __name__
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class GroupDropout(DropoutConfig):
+  """The dropout of a group of runs trained together that differ in which placements
+  are time-locked (``DropoutConfig.union`` makes it).
+
+  ``time_locked`` names what every run locks; each placement of ``per_run`` is
+  locked or not by the run's own flag in ``locks``, a leaf like the rates, so the
+  runs share one compiled step. Such a placement draws both masks and keeps one
+  per run (``sequence_mask``), so a run draws exactly the masks it draws alone.
+  """
+
+  per_run: tuple[str, ...] = ()
+  locks: tuple[Any, ...] = ()
+
+  def __post_init__(self):
+    super().__post_init__()
+    bad = [p for p in self.per_run if p not in LOCKABLE or p in self.time_locked]
+    if bad or len(self.locks) != len(self.per_run):
+      raise ValueError(
+        f"GroupDropout: per_run {self.per_run} must name lockable placements not in "
+        f"time_locked, with one lock each (got {len(self.locks)})"
+      )
+
+  def is_time_locked(self, placement: str) -> Any:
+    if placement in self.per_run:
+      return self.locks[self.per_run.index(placement)]
+    return placement in self.time_locked
+
+  def member(self, run: DropoutConfig) -> GroupDropout:
+    rates = {n: getattr(run, n) for n in RATE_FIELDS}
+    locks = tuple(run.is_time_locked(p) for p in self.per_run)
+    return GroupDropout(**rates, time_locked=self.time_locked, per_run=self.per_run, locks=locks)
+
+  def with_rates_of(self, rates: DropoutConfig) -> GroupDropout:
+    active = self.active()
+    values = [getattr(rates, n) if n in active else 0.0 for n in RATE_FIELDS]
+    locks = [rates.is_time_locked(p) for p in self.per_run]
+    return self.tree_unflatten((self.time_locked, self.per_run), (*values, *locks))
+
+  def as_arrays(self, dtype=jnp.float32) -> GroupDropout:
+    return super().as_arrays(dtype).replace(locks=tuple(jnp.asarray(f, bool) for f in self.locks))
+
+  def tree_flatten(self):
+    rates, _ = super().tree_flatten()
+    return (*rates, *self.locks), (self.time_locked, self.per_run)
+
+  @classmethod
+  def tree_unflatten(cls, aux, leaves):
+    time_locked, per_run = aux
+    obj = super().tree_unflatten(time_locked, leaves[: len(RATE_FIELDS)])
+    object.__setattr__(obj, "per_run", per_run)
+    object.__setattr__(obj, "locks", tuple(leaves[len(RATE_FIELDS) :]))
+    return obj
+
+
 DropoutConfig.__doc__ = f"""Dropout rates for an ``LSTMStack`` and the models built on it.
 
   One rate per placement of ``REGISTRY`` (in this order, the first three
@@ -343,12 +409,16 @@ def sequence_mask(
   """Keep-mask for a time-major ``[T, B, F]`` block.
 
   Per-step masks are drawn for the whole block in one call; a time-locked
-  mask is ``[1, B, F]`` and broadcasts over time. ``bits16``: drawn with
+  mask is ``[1, B, F]`` and broadcasts over time. ``time_locked`` may be a
+  traced flag (``GroupDropout``): then the mask is ``[T, B, F]`` either way. ``bits16``: drawn with
   ``keep_mask16``.
   """
   T, B, F = shape_TBF
   draw = keep_mask16 if bits16 else keep_mask
-  return draw(key, rate, (1, B, F) if time_locked else (T, B, F))
+  if isinstance(time_locked, bool):
+    return draw(key, rate, (1, B, F) if time_locked else (T, B, F))
+  # A run's flag (``GroupDropout``): both masks, from the key either draws alone.
+  return jnp.where(time_locked, draw(key, rate, (1, B, F)), draw(key, rate, (T, B, F)))
 
 
 def apply_mask(x: Array, keep: Array, rate: Any) -> Array:

@@ -334,7 +334,7 @@ def _layer_masks(cfg: DropoutConfig, key, layer: int, shape_TBH, dtype) -> dict[
       locked = cfg.is_time_locked("semeniuta")
       keep = dr.sequence_mask(mkey("semeniuta"), cfg.semeniuta, shape_TBH, locked, bits16=True)
       scale = dr.apply_mask(ones(keep.shape), keep, cfg.semeniuta)
-      cell["semeniuta"] = scale[0] if locked else scale
+      cell["semeniuta"] = scale[0] if locked is True else scale  # a run's flag: [T, B, H]
     if on("rnndrop"):
       keep = dr.keep_mask16(mkey("rnndrop"), cfg.rnndrop, (B, H))
       cell["rnndrop_keep"] = keep.astype(dtype)

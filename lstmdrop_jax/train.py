@@ -72,8 +72,9 @@ def train_runs(
 ) -> list[dict[str, Any]]:
   """Trains K runs together (one vmapped step), each in its own run folder.
 
-  The configs may differ only in ``seed`` and the dropout rates (not in
-  ``dropout.time_locked``). Finished runs are read back, not retrained.
+  The configs may differ only in ``seed`` and ``dropout`` (rates, and which
+  placements are time-locked: ``GroupDropout``). Finished runs are read back, not
+  retrained.
   ``parallel``: ``"data"`` splits every batch over the devices, ``"runs"`` gives
   each device whole runs (K padded with copies of the first run, which write
   nothing), ``"auto"`` picks one (``parallel.plan``). ``data``: your own
@@ -223,7 +224,7 @@ class _Group:
     )
     for c, p, done in zip(self.configs[: len(paths)], paths, finished, strict=True):
       init_key, dropout_key = jax.random.split(jax.random.key(c.seed))
-      fresh = init(init_key, c.dropout)
+      fresh = init(init_key, self.model.dropout.member(c.dropout))
       folder = rf.RunFolder(p, keep=c.keep_checkpoints, write=par.is_main_process())
       run = _Run(c, folder, len(self.runs), fresh, started=started)
       folder.check_data(self.task.describe(run.index))

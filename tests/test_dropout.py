@@ -175,3 +175,23 @@ def test_config_is_a_pytree_with_static_time_locking():
   assert leaves == [0.1, 0.0, 0.3] + [0.0] * (len(dr.REGISTRY) - 3)
   back = jax.tree.unflatten(treedef, leaves)
   assert back == cfg and back.time_locked == dr.PLACEMENTS
+
+
+def test_a_group_differing_in_locking_carries_each_runs_flags_as_leaves():
+  per_step = DropoutConfig(input=0.5, output=0.5)
+  locked = per_step.replace(time_locked=["output", "semeniuta"])
+  assert type(DropoutConfig.union([per_step, per_step])) is DropoutConfig  # the usual step
+  union = DropoutConfig.union([per_step, locked])
+  assert isinstance(union, dr.GroupDropout) and union.time_locked == ()
+  assert union.per_run == ("output", "semeniuta")
+  member = union.member(locked).as_arrays()
+  leaves = jax.tree.leaves(member)
+  assert len(leaves) == len(dr.REGISTRY) + 2 and bool(leaves[-2]) and bool(leaves[-1])
+  assert not bool(union.member(per_step).is_time_locked("output"))
+
+  # A traced flag draws the locked mask where it is set, the per-step one elsewhere.
+  def mask(flag):
+    return dr.sequence_mask(jax.random.key(3), 0.5, (6, 4, 8), flag)
+
+  np.testing.assert_array_equal(jax.jit(mask)(True), np.broadcast_to(mask(True), (6, 4, 8)))
+  np.testing.assert_array_equal(jax.jit(mask)(False), mask(False))

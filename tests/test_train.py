@@ -204,7 +204,7 @@ def test_group_of_runs_writes_one_folder_each(tmp_path):
   summaries = train_runs(cfgs, [tmp_path / "a", tmp_path / "b"], progress=False)
   assert [s["status"] for s in summaries] == ["finished", "finished"]
   with pytest.raises(
-    ValueError, match=r"may differ only in seed and dropout rates; these differ: \['hidden'\]"
+    ValueError, match=r"may differ only in seed and dropout; these differ: \['hidden'\]"
   ):
     train_runs([TINY, dataclasses.replace(TINY, hidden=4)], [tmp_path / "c", tmp_path / "d"])
   assert not (tmp_path / "c").exists()
@@ -236,6 +236,35 @@ def test_workdir_that_is_a_file_is_refused(tmp_path, capsys):
     main(["--workdir", str(f), "--dataset", "synthetic"])
   assert "exists and is not a folder" in capsys.readouterr().err
   assert f.read_text() == "precious"
+
+
+def test_runs_that_differ_in_time_locking_train_together_as_alone(tmp_path):
+  """A group whose runs lock different placements (``GroupDropout``) = each run alone."""
+  rates = DropoutConfig(input=0.3, between=0.3, output=0.3, semeniuta=0.2)
+  cfgs = [
+    dataclasses.replace(TINY, epochs=2, seed=0, dropout=rates),
+    dataclasses.replace(TINY, epochs=2, seed=1, dropout=rates.replace(time_locked=True)),
+    dataclasses.replace(
+      TINY, epochs=2, seed=2, dropout=rates.replace(time_locked=["between", "semeniuta"])
+    ),
+  ]
+  union = DropoutConfig.union([c.dropout for c in cfgs])
+  assert union.per_run == ("input", "between", "output", "semeniuta")
+  train_runs(cfgs, [tmp_path / f"together{k}" for k in range(3)], progress=False)
+  for k, c in enumerate(cfgs):
+    train_and_evaluate(c, tmp_path / f"alone{k}")
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      _final_params(tmp_path / f"together{k}"),
+      _final_params(tmp_path / f"alone{k}"),
+    )
+  # The locking matters: the locked run differs from the same seed per step.
+  per_step = dataclasses.replace(cfgs[1], dropout=rates)
+  train_and_evaluate(per_step, tmp_path / "per_step1")
+  assert not np.allclose(
+    _final_params(tmp_path / "per_step1")["head"]["kernel"],
+    _final_params(tmp_path / "alone1")["head"]["kernel"],
+  )
 
 
 def test_runs_trained_together_equal_runs_trained_alone(tmp_path):
