@@ -6,13 +6,27 @@ layers, top layer -> softmax), a fresh mask at every step and none on
 ``h_{t-1}``. This script trains their small (non-regularised), medium and
 large configurations and writes our perplexities next to the paper's; on
 the medium configuration it also runs the variants: each placement removed
-in turn, and time-locked (variational) masks instead of per-step ones.
+in turn, time-locked masks instead of per-step ones, and Gal & Ghahramani's
+(2016) variational LSTM. The medium model and its variants train as one
+group, one vmapped step for all six (``train_runs``).
+
+Gal & Ghahramani's variational medium LSTM (``medium_variational``): masks
+locked over time on the inputs of both layers and on the output (0.5), on
+``h_{t-1}`` (``recurrent``, 0.2) and whole-word embedding dropout (0.2), on
+Zaremba's medium recipe. The rates follow their published Torch code
+(yaringal/BayesianRNN, LM_code), which ties the word and recurrent rates
+and the input and output rates (0.3/0.5 for their large model; 0.2/0.5 is
+the pair of its grid for the medium size). Two differences remain: one
+recurrent mask per unit shared by the four gates (their "untied" model
+draws one per gate), and no weight decay (theirs: 1e-7).
 
 The loss is theirs: the sum over the unrolled steps of the batch-mean
 negative log-likelihood, so their learning rate (1) and clipping thresholds
 (5, 10) apply unchanged. Perplexity is ``exp(mean NLL per token)`` over a
-whole split, evaluated as one stream (batch 1), the hidden state carried
-from window to window and reset at the start of each evaluation and epoch.
+whole split: validation in the training batch's number of contiguous streams
+and test as one stream (batch 1), as in their code; the hidden state is
+carried from window to window and reset at the start of each evaluation and
+epoch.
 
 Commands::
 
@@ -23,7 +37,7 @@ Commands::
 
 Outputs go to ``results/ptb/``: ``runs/<name>/`` run folders (resumable),
 ``ptb_<config>[_quick].{md,csv}`` (e.g. ``ptb_small.md``) and, with
-``--variants``, ``ptb_variants.{md,csv}``. Results: docs/ptb.md.
+``--variants``, ``ptb_variants[_quick].{md,csv}``. Results: docs/ptb.md.
 """
 
 from __future__ import annotations
@@ -32,11 +46,11 @@ import dataclasses
 from pathlib import Path
 
 from lstmdrop_jax import tables
-from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax.dropout import PLACEMENTS, DropoutConfig
 from lstmdrop_jax.host_memory import keep_freed_host_memory
 from lstmdrop_jax.parallel import setup_cpu_devices
 from lstmdrop_jax.run_folder import read_jsonl
-from lstmdrop_jax.train import Config, train_and_evaluate
+from lstmdrop_jax.train import Config, train_runs
 
 # Paper's Table 1 (validation, test perplexity); Gal & Ghahramani (2016) for
 # the variational medium model with untied masks.
@@ -76,20 +90,29 @@ def zaremba(name: str, data_dir: str) -> Config:
   raise ValueError(f"unknown configuration {name!r}; valid ones are small, medium, large")
 
 
+#: Gal & Ghahramani's variational medium LSTM (see the module docstring).
+GAL_MEDIUM = DropoutConfig(
+  input=0.5, between=0.5, output=0.5, recurrent=0.2, embedding=0.2, time_locked=True
+)
+
+
 def variants(medium: Config) -> dict[str, Config]:
-  """The medium model with each placement removed, and with time-locked masks."""
+  """The medium model with each placement removed, with time-locked masks, and Gal &
+  Ghahramani's variational LSTM: runs that differ only in dropout (one group)."""
   d = medium.dropout
   return {
     "medium_no_input": dataclasses.replace(medium, dropout=d.replace(input=0.0)),
     "medium_no_between": dataclasses.replace(medium, dropout=d.replace(between=0.0)),
     "medium_no_output": dataclasses.replace(medium, dropout=d.replace(output=0.0)),
-    "medium_variational": dataclasses.replace(medium, dropout=d.replace(time_locked=True)),
+    "medium_locked": dataclasses.replace(medium, dropout=d.replace(time_locked=True)),
+    "medium_variational": dataclasses.replace(medium, dropout=GAL_MEDIUM),
   }
 
 
 def quick(config: Config) -> Config:
-  """A CPU smoke test: the same recipe, 2x32 units, 2 epochs."""
-  return dataclasses.replace(config, hidden=32, epochs=2, decay_after=1)
+  """A CPU smoke test: the same recipe, 2x32 units, 2 epochs of 40 steps."""
+  tokens = config.batch_size * config.num_steps * 40 + config.batch_size
+  return dataclasses.replace(config, hidden=32, epochs=2, decay_after=1, train_tokens=tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +122,8 @@ class Args:
   config: str = "small"
   """small, medium or large."""
   variants: bool = False
-  """Also train the medium variants (placements removed; time-locked masks)."""
+  """Also train the medium variants (placements removed; time-locked masks; Gal &
+  Ghahramani's variational LSTM), all six runs as one group."""
   data_dir: str = "../shared/data/ptb"
   """Folder with ptb.{train,valid,test}.txt (Mikolov's simple-examples/data)."""
   out: Path = Path("results/ptb")
@@ -113,15 +137,21 @@ class Args:
   language model's batch over CPU cores does not pay (parallel.plan)."""
 
 
-def _row(name: str, summary: dict, cfg: Config, records: list[dict]) -> dict:
+def _dropout_label(d: DropoutConfig) -> str:
+  """``input/between/output`` rates, the others by name, and ``locked`` if any is."""
+  label = "/".join(f"{getattr(d, p):g}" for p in ("input", "between", "output"))
+  label += "".join(f", {p} {getattr(d, p):g}" for p in d.active() if p not in PLACEMENTS)
+  return label + (" locked" if d.time_locked else "")
+
+
+def _row(name: str, summary: dict, cfg: Config, records: list[dict], paper: str) -> dict:
   final = summary["final"]
   train_ppl = [r for r in records if "train_ppl" in r]
-  val, test = PAPER.get(name, (None, None))
+  val, test = PAPER.get(paper, (None, None))
   return {
     "model": name,
     "size": f"{cfg.layers}x{cfg.hidden}",
-    "dropout": "/".join(f"{getattr(cfg.dropout, p):g}" for p in ("input", "between", "output"))
-    + (" locked" if cfg.dropout.time_locked else ""),
+    "dropout": _dropout_label(cfg.dropout),
     "epochs": summary["epochs"],
     "paper val": val,
     "paper test": test,
@@ -140,10 +170,15 @@ def write_table(rows: list[dict], out: Path, stem: str) -> Path:
   return tables.write_tables(out, stem, header, cells, formats=("md", "csv"))["md"]
 
 
-def run(name: str, cfg: Config, out: Path) -> dict:
-  workdir = out / "runs" / name
-  summary = train_and_evaluate(cfg, workdir)
-  return _row(name, summary, cfg, read_jsonl(workdir / "metrics.jsonl"))
+def run_group(jobs: dict[str, Config], out: Path, suffix: str = "") -> list[dict]:
+  """Trains the jobs as one group (one compiled step) into ``out/runs/<name><suffix>``
+  and returns their table rows (the paper's figures by ``name``)."""
+  workdirs = [out / "runs" / f"{name}{suffix}" for name in jobs]
+  summaries = train_runs(list(jobs.values()), workdirs)
+  return [
+    _row(f"{name}{suffix}", s, cfg, read_jsonl(w / "metrics.jsonl"), paper=name)
+    for (name, cfg), s, w in zip(jobs.items(), summaries, workdirs, strict=True)
+  ]
 
 
 def run_study(
@@ -165,14 +200,16 @@ def run_study(
     if config != "medium":
       raise ValueError("the variants apply to --config medium")
     jobs.update(variants(base))
+  suffix = ""
   if quick_run:
-    jobs = {f"{k}_quick": quick(c) for k, c in jobs.items()}
+    jobs, suffix = {k: quick(c) for k, c in jobs.items()}, "_quick"
   if epochs is not None:
-    jobs = {f"{k}_{epochs}ep": dataclasses.replace(c, epochs=epochs) for k, c in jobs.items()}
+    jobs = {k: dataclasses.replace(c, epochs=epochs) for k, c in jobs.items()}
+    suffix += f"_{epochs}ep"
   for c in jobs.values():
     c.validate()
-  rows = [run(name, cfg, Path(out)) for name, cfg in jobs.items()]
-  stem = "ptb_variants" if variants_too else f"ptb_{config}{'_quick' if quick_run else ''}"
+  rows = run_group(jobs, Path(out), suffix)
+  stem = f"ptb_{'variants' if variants_too else config}{'_quick' if quick_run else ''}"
   return write_table(rows, Path(out), stem)
 
 

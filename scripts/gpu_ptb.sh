@@ -1,22 +1,43 @@
 #!/usr/bin/env bash
-# Zaremba et al. (2014) on PTB, medium configuration (and optionally large and
-# the medium variants), on one GPU. Writes tables and logs under $OUT. Runs
-# from the checkout without `pip install -e .` (it puts the checkout on
-# PYTHONPATH).
+# The Penn Treebank pack on one GPU, in this order:
+#   1. the medium group: Zaremba et al.'s medium model, each placement removed in
+#      turn, time-locked masks, and Gal & Ghahramani's variational LSTM, six runs
+#      trained together in one vmapped step (experiments/ptb_zaremba.py --variants);
+#   2. large: 2x1500, dropout 0.65, 55 epochs, on its own.
+# Writes the tables, the log and every run's summary under $OUT, and no
+# checkpoints. Runs from the checkout without `pip install -e .` (it puts the
+# checkout on PYTHONPATH).
+#
+# Estimates (one H100 or H200, float32 with XLA's default TF32 matmuls), from the
+# per-step figures of docs/PERFORMANCE.md (H200: medium 2.348 ms, large 4.921 ms
+# a step) and 1,327 steps an epoch (PTB's 929,589 training tokens, batch 20 x 35):
+#   medium group: one run 3.1 s an epoch; six vmapped runs about 2.5x one run
+#     (8 seed_clf runs took 1.5x one run), 7.8 s x 39 epochs = 5.1 min, plus
+#     compilation and evaluation: about 5.5 min (budget 6)      -> MEDIUM_EST_S
+#   large: 6.5 s x 55 epochs = 6.0 min, plus compilation and evaluation:
+#     about 6.5 min (budget 8)                                  -> LARGE_EST_S
+# Each part is meant to be its own call (a command may run 10 minutes):
+#   CONFIGS=medium bash scripts/gpu_ptb.sh; CONFIGS=large bash scripts/gpu_ptb.sh
+# A part whose estimate exceeds what is left of BUDGET is not started (and the
+# script then exits with status 3).
 #
 # Variables:
 #   PYTHON    the Python that has jax, flax and optax; default python3
 #   PTB_DIR   the folder of ptb.{train,valid,test}.txt; default ../shared/data/ptb
 #   OUT       the output folder; default results/gpu_ptb
-#   CONFIGS   "medium" (default) or "medium large"
-#   VARIANTS=1  also the medium variants
-#   EPOCHS    overrides the configurations' epochs (e.g. to fit a time budget)
-#   QUICK=1   a short run: a check of the pipeline, not a result
+#   CONFIGS   which parts, in order; default "medium large"
+#   BUDGET    seconds this call may take; default 600
+#   EPOCHS    overrides the configurations' epochs (the tables say so)
+#   QUICK=1   a short run of both parts (2x32 units, 2 short epochs): a check of
+#             the pipeline, not a result; the budget is not applied
 #
 #   PTB_DIR=.ptb bash scripts/gpu_ptb.sh
 #   QUICK=1 JAX_PLATFORMS=cpu bash scripts/gpu_ptb.sh     # the pipeline on a CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
+START=$SECONDS
+MEDIUM_EST_S=330
+LARGE_EST_S=390
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c "import jax" 2>/dev/null; then
   echo "error: PYTHON=$PYTHON cannot import jax; set PYTHON to a Python that can" >&2
@@ -24,31 +45,65 @@ if ! "$PYTHON" -c "import jax" 2>/dev/null; then
 fi
 OUT=${OUT:-results/gpu_ptb}
 PTB_DIR=${PTB_DIR:-../shared/data/ptb}
-CONFIGS=${CONFIGS:-medium}
+CONFIGS=${CONFIGS:-medium large}
+BUDGET=${BUDGET:-600}
+QUICK=${QUICK:-0}
+for name in $CONFIGS; do
+  case $name in
+    medium | large) ;;
+    *) echo "error: CONFIGS has '$name'; the parts are medium and large" >&2; exit 2 ;;
+  esac
+done
+if ! [[ $BUDGET =~ ^[0-9]+$ ]]; then
+  echo "error: BUDGET=$BUDGET is not a number of seconds" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 (nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
-"$PYTHON" - "$OUT" "$PTB_DIR" "$CONFIGS" "${VARIANTS:-0}" "${EPOCHS:-}" "${QUICK:-0}" <<'PY' 2>&1 | tee "$OUT/log.txt"
+skipped=""
+for name in $CONFIGS; do
+  est=$([[ $name == medium ]] && echo $MEDIUM_EST_S || echo $LARGE_EST_S)
+  left=$((BUDGET - (SECONDS - START)))
+  if [[ $QUICK != 1 && -z ${EPOCHS:-} && $est -gt $left ]]; then
+    echo "not started: $name needs about ${est} s and ${left} s of BUDGET=$BUDGET are left;" \
+      "run it in its own call: CONFIGS=$name bash scripts/gpu_ptb.sh" | tee -a "$OUT/log.txt" >&2
+    skipped="$skipped $name"
+    continue
+  fi
+  "$PYTHON" - "$OUT" "$PTB_DIR" "$name" "${EPOCHS:-}" "$QUICK" <<'PY' 2>&1 | tee -a "$OUT/log.txt"
 import sys, time
 from pathlib import Path
 import jax
 from experiments.ptb_zaremba import run_study
 
-out, data, configs, variants, epochs, quick = sys.argv[1:]
+out, data, name, epochs, quick = sys.argv[1:]
 print("devices:", jax.devices(), flush=True)
-for name in configs.split():
-  t0 = time.perf_counter()
-  path = run_study(name, variants_too=(variants == "1" and name == "medium"), data_dir=data,
-                   out=Path(out), quick_run=quick == "1", epochs=int(epochs) if epochs else None)
-  print(path.read_text(), f"({name}: {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+t0 = time.perf_counter()
+try:
+  path = run_study(name, variants_too=name == "medium", data_dir=data, out=Path(out),
+                   quick_run=quick == "1", epochs=int(epochs) if epochs else None)
+except (ValueError, OSError) as e:
+  raise SystemExit(f"error: {e}") from None
+print(path.read_text(), f"({name}: {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
 PY
-# Keep the outputs few and small: the tables, the log, and every run's
-# summary in one file.
+done
+# Keep the outputs few and small (at most 8 files come back from a GPU
+# machine): the tables, the log, and every run's summary and metrics log in
+# one file, added to what earlier calls wrote there.
 "$PYTHON" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("runs/*/summary.json"))}
-(out / "summaries.json").write_text(json.dumps(runs, indent=2))
+path = out / "summaries.json"
+runs = json.loads(path.read_text()) if path.exists() else {}
+for p in sorted(out.glob("runs/*/summary.json")):
+  log = [json.loads(line) for line in (p.parent / "metrics.jsonl").read_text().splitlines()]
+  runs[p.parent.name] = {**json.loads(p.read_text()), "log": log}
+path.write_text(json.dumps(runs, indent=1))
 PY
 rm -rf "$OUT/runs"
+if [[ -n $skipped ]]; then
+  echo "not run:$skipped (see above)" >&2
+  exit 3
+fi

@@ -125,3 +125,54 @@ def test_bptt_errors():
   with pytest.raises(ValueError, match="1-D integer array"):
     bptt_batches(np.zeros((4, 5), np.int32), 2, 2)
   assert num_bptt_batches(20, 4, 5) == 0
+
+
+@needs_ptb
+def test_the_gpu_pack_runs_end_to_end_on_a_cpu(tmp_path):
+  """``QUICK=1 bash scripts/gpu_ptb.sh``: the medium group (six runs, mixed time-locking,
+  one compiled step) then large, 2x32 units, two short epochs; tables and summaries kept."""
+  import json
+  import os
+  import subprocess
+  import sys
+
+  repo = Path(__file__).resolve().parents[1]
+  env = {**os.environ, "QUICK": "1", "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable}
+  env.update(OUT=str(tmp_path / "out"), PTB_DIR=str(PTB_DIR), LSTMDROP_CPU_DEVICES="1")
+  proc = subprocess.run(
+    ["bash", str(repo / "scripts" / "gpu_ptb.sh")], env=env, capture_output=True, text=True
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+  out = tmp_path / "out"
+  assert sorted(p.name for p in out.iterdir()) == [
+    "log.txt", "nvidia-smi.txt", "ptb_large_quick.csv", "ptb_large_quick.md",
+    "ptb_variants_quick.csv", "ptb_variants_quick.md", "summaries.json",
+  ]  # fmt: skip
+  runs = json.loads((out / "summaries.json").read_text())
+  names = ["medium", "medium_no_input", "medium_no_between", "medium_no_output"]
+  names += ["medium_locked", "medium_variational", "large"]
+  assert sorted(runs) == sorted(f"{n}_quick" for n in names)
+  for run in runs.values():
+    assert run["status"] == "finished" and run["final"]["test/ppl"] > 1
+  table = (out / "ptb_variants_quick.md").read_text()
+  assert "recurrent 0.2, embedding 0.2 locked" in table and "81.9" in table
+  # Different dropout gives different models: the group did not train one run six times.
+  assert len({round(r["final"]["val/ppl"], 6) for r in runs.values()}) == len(runs)
+
+
+@needs_ptb
+def test_the_gpu_pack_refuses_a_part_the_budget_cannot_hold(tmp_path):
+  import os
+  import subprocess
+  import sys
+
+  repo = Path(__file__).resolve().parents[1]
+  env = {**os.environ, "BUDGET": "100", "CONFIGS": "large", "PYTHON": sys.executable}
+  env.update(OUT=str(tmp_path / "out"), PTB_DIR=str(PTB_DIR), JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    ["bash", str(repo / "scripts" / "gpu_ptb.sh")], env=env, capture_output=True, text=True
+  )
+  assert proc.returncode == 3
+  assert "not started: large needs about 390 s and" in proc.stderr
+  assert "CONFIGS=large bash scripts/gpu_ptb.sh" in proc.stderr
+  assert not list((tmp_path / "out").glob("ptb_*"))  # nothing trained

@@ -70,6 +70,12 @@ def test_eval_stream_predicts_every_token_once():
   assert s["x"].shape == (3, 1, 4)
   np.testing.assert_array_equal(s["x"][s["mask"]], tokens[:-1])
   np.testing.assert_array_equal(s["y"][s["mask"]], tokens[1:])
+  # Several streams (validation): contiguous rows, each token still predicted once.
+  s = eval_stream(np.arange(23, dtype=np.int32), 4, streams=3)
+  assert s["x"].shape == (2, 3, 4)  # [windows, streams, steps]: 22 predictions, 8 per row
+  rows = [s["x"][:, b][s["mask"][:, b]] for b in range(3)]
+  np.testing.assert_array_equal(np.concatenate(rows), np.arange(22))
+  np.testing.assert_array_equal(s["y"][s["mask"]] - s["x"][s["mask"]], 1)
 
 
 def test_a_corpus_written_here_trains_through_the_language_model_path(tmp_path):

@@ -21,7 +21,7 @@ class LanguageModelTask:
   objective = steps.LANGUAGE_MODEL
   # The test perplexity is reported at the last epoch, as in Zaremba et al.
   final_only_splits: frozenset[str] = frozenset({"test"})
-  # Evaluation is one stream (batch 1): replicated, not split.
+  # Evaluation streams are few (validation: the batch size; test: one): replicated.
   eval_splittable = False
   # The softmax matmuls already use every core, and a split adds an all-reduce of
   # the embedding and softmax gradients: slower (docs/PERFORMANCE.md, ptb_small).
@@ -80,10 +80,15 @@ class LanguageModelTask:
     return {n: np.broadcast_to(a, (len(epochs), *a.shape)) for n, a in self._train.items()}
 
   def eval_batches(self) -> dict[str, dict[str, np.ndarray]]:
-    """One stream (batch 1) per split, as in Zaremba et al.'s test."""
+    """Validation in ``batch_size`` streams and test as one stream, as in Zaremba et
+    al.'s code (``text.eval_stream``)."""
     out = {}
-    for split, tokens in (("val", self.corpus.valid), ("test", self.corpus.test)):
-      batch = text.eval_stream(tokens, self.config.num_steps)
+    c = self.config
+    for split, tokens, streams in (
+      ("val", self.corpus.valid, c.batch_size),
+      ("test", self.corpus.test, 1),
+    ):
+      batch = text.eval_stream(tokens, c.num_steps, streams)
       out[split] = {name: np.broadcast_to(a, (self.k, *a.shape)) for name, a in batch.items()}
     return out
 
