@@ -36,8 +36,8 @@ Commands::
   python experiments/ptb_zaremba.py --quick                 # a CPU smoke test of a few minutes
 
 Outputs go to ``results/ptb/``: ``runs/<name>/`` run folders (resumable),
-``ptb_<config>[_quick].{md,csv}`` (e.g. ``ptb_small.md``) and, with
-``--variants``, ``ptb_variants[_quick].{md,csv}``. Results: docs/ptb.md.
+``ptb_<config>[_quick][_<N>ep].{md,csv}`` (e.g. ``ptb_small.md``) and, with
+``--variants``, ``ptb_variants[_quick][_<N>ep].{md,csv}``. Results: docs/ptb.md.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def run_study(
   for c in jobs.values():
     c.validate()
   rows = run_group(jobs, Path(out), suffix)
-  stem = f"ptb_{'variants' if variants_too else config}{'_quick' if quick_run else ''}"
+  stem = f"ptb_{'variants' if variants_too else config}{suffix}"
   return write_table(rows, Path(out), stem)
 
 
