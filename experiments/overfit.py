@@ -21,10 +21,10 @@ Runtime on a 2-core CPU (JAX 0.10.2, all 85 runs of the default grid:
 (no dropout + 4 placements x 4 rates) x 5 seeds), one JAX device
 (``LSTMDROP_CPU_DEVICES=1``): GunPoint 27.6 min (31.4 min when repeated
 from a fresh clone, same tables), synthetic 38.3 min (37.4 repeated, same
-tables); ``--quick`` (18 runs) 1.4 min. The default, one device per core,
-was 1.27x faster on the 40-epoch grid (``scripts/bench_cores.py``) and
-1.06x on ``--quick``, with tables that differ in rounding grown by training
-(docs/PERFORMANCE.md).
+tables); ``--quick`` (18 runs) 1.4 min. The default, one device per core:
+GunPoint 27.7 min (commit 898b746); 1.38x faster than one device on the
+40-epoch grid (``scripts/bench_cores.py``, commit 7259e8f), with tables that
+differ in rounding grown by training (docs/PERFORMANCE.md).
 
 Result (mean over 5 seeds; full tables in docs/overfit.md, reading in
 README.md): without dropout the 2x64 LSTM reaches train accuracy 1.000 on
