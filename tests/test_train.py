@@ -241,16 +241,14 @@ def test_workdir_that_is_a_file_is_refused(tmp_path, capsys):
 def test_runs_that_differ_in_time_locking_train_together_as_alone(tmp_path):
   """A group whose runs lock different placements (``GroupDropout``) = each run alone."""
   rates = DropoutConfig(input=0.3, between=0.3, output=0.3, semeniuta=0.2)
+  locked = rates.replace(time_locked=["input", "between", "output", "semeniuta"])
   cfgs = [
     dataclasses.replace(TINY, epochs=1, seed=0, dropout=rates),
-    dataclasses.replace(TINY, epochs=1, seed=1, dropout=rates.replace(time_locked=True)),
-    dataclasses.replace(
-      TINY, epochs=1, seed=2, dropout=rates.replace(time_locked=["between", "semeniuta"])
-    ),
+    dataclasses.replace(TINY, epochs=1, seed=1, dropout=locked),
   ]
   union = DropoutConfig.union([c.dropout for c in cfgs])
   assert union.per_run == ("input", "between", "output", "semeniuta")
-  train_runs(cfgs, [tmp_path / f"together{k}" for k in range(3)], progress=False)
+  train_runs(cfgs, [tmp_path / f"together{k}" for k in range(2)], progress=False)
   for k, c in enumerate(cfgs):
     train_and_evaluate(c, tmp_path / f"alone{k}")
     jax.tree.map(
