@@ -134,7 +134,9 @@ def initialize_distributed(
 
   Explicit arguments win; else, inside a SLURM allocation of several tasks,
   ``jax.distributed.initialize()`` reads the cluster from SLURM's variables;
-  else (one process) nothing happens.
+  else (one process) nothing happens. ``$LSTMDROP_HEARTBEAT_TIMEOUT``: the
+  seconds after which the others count a silent process as lost (JAX's
+  default, 100, when unset).
 
   Raises:
     ValueError: only some of the three explicit arguments are given.
@@ -146,12 +148,24 @@ def initialize_distributed(
         "multi-host needs all of --coordinator (host:port of process 0), --num-processes "
         "and --process-id, or none of them inside a SLURM allocation"
       )
-    jax.distributed.initialize(coordinator, num_processes, process_id)
+    jax.distributed.initialize(coordinator, num_processes, process_id, **_heartbeat())
     return True
   if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**_heartbeat())
     return True
   return False
+
+
+def _heartbeat() -> dict[str, int]:
+  value = os.environ.get("LSTMDROP_HEARTBEAT_TIMEOUT")
+  if value is None:
+    return {}
+  if not value.isdigit() or int(value) < 1:
+    raise ValueError(
+      f"LSTMDROP_HEARTBEAT_TIMEOUT={value!r} must be a whole number of seconds >= 1; "
+      "unset it for JAX's default (100)"
+    )
+  return {"heartbeat_timeout_seconds": int(value)}
 
 
 def is_main_process() -> bool:
