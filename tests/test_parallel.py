@@ -328,3 +328,13 @@ def test_the_overfit_tables_on_four_devices_equal_one_devices(tmp_path):
   for run in runs:
     same = tmp_path / "1" / "runs" / run.relative_to(tmp_path / "4" / "runs")
     _close(_params(run), _params(same))
+
+
+def test_a_bad_heartbeat_timeout_is_one_line_naming_the_variable(monkeypatch):
+  from lstmdrop_jax import parallel
+
+  monkeypatch.setenv("LSTMDROP_HEARTBEAT_TIMEOUT", "soon")
+  with pytest.raises(ValueError, match=r"LSTMDROP_HEARTBEAT_TIMEOUT='soon' must be a whole"):
+    parallel.initialize_distributed("localhost:1", 2, 0)
+  monkeypatch.setenv("LSTMDROP_HEARTBEAT_TIMEOUT", "30")
+  assert parallel._heartbeat() == {"heartbeat_timeout_seconds": 30}

@@ -178,3 +178,19 @@ def test_the_gpu_pack_refuses_a_part_the_budget_cannot_hold(tmp_path):
   assert "not started: large needs about 390 s and" in proc.stderr
   assert "CONFIGS=large bash scripts/gpu_ptb.sh" in proc.stderr
   assert not list((tmp_path / "out").glob("ptb_*"))  # nothing trained
+
+
+def test_the_gpu_pack_names_a_bad_part_or_budget(tmp_path):
+  import os
+  import subprocess
+  import sys
+
+  script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_ptb.sh"
+  for var, value, message in [
+    ("CONFIGS", "medium huge", "error: CONFIGS has 'huge'; the parts are medium and large"),
+    ("BUDGET", "ten", "error: BUDGET=ten is not a number of seconds"),
+  ]:
+    env = {**os.environ, var: value, "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == message
+    assert not (tmp_path / "out").exists()  # refused before anything is written
