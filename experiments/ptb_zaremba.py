@@ -189,10 +189,14 @@ def run_study(
   out: Path = Path("results/ptb"),
   quick_run: bool = False,
   epochs: int | None = None,
+  checkpoints: bool = True,
 ) -> Path:
   """Trains the jobs and writes the table; returns the Markdown table's path.
 
   Callable without the command-line dependency (scripts/gpu_ptb.sh uses it).
+  ``checkpoints=False`` writes none (the runs cannot resume): for a machine whose
+  disk does not outlast the call, where writing a group's states each epoch costs
+  training time.
   """
   base = zaremba(config, data_dir)
   jobs = {config: base}
@@ -206,6 +210,8 @@ def run_study(
   if epochs is not None:
     jobs = {k: dataclasses.replace(c, epochs=epochs) for k, c in jobs.items()}
     suffix += f"_{epochs}ep"
+  if not checkpoints:
+    jobs = {k: dataclasses.replace(c, checkpoint_every=0) for k, c in jobs.items()}
   for c in jobs.values():
     c.validate()
   rows = run_group(jobs, Path(out), suffix)

@@ -89,7 +89,9 @@ class Config:
   mc_samples: int = 0
   """Classification: also score the best checkpoint with this many Monte-Carlo dropout passes."""
   checkpoint_every: int = 10
-  """Checkpoint every this many epochs (and always at the end)."""
+  """Checkpoint every this many epochs, at each better validation score, and at the end.
+  0 writes no checkpoints: the run cannot resume (for a machine whose disk does not
+  outlast the call), and ``mc_samples`` is unavailable."""
   keep_checkpoints: int = 2
   """How many of the latest checkpoints to keep (the best is kept besides)."""
 
@@ -102,8 +104,7 @@ class Config:
     if not isinstance(self.dataset, str):
       raise ValueError(f"dataset must be a name, got {self.dataset!r}")
     positive = (
-      "hidden layers num_steps batch_size epochs eval_every eval_batch_size "
-      "checkpoint_every keep_checkpoints"
+      "hidden layers num_steps batch_size epochs eval_every eval_batch_size keep_checkpoints"
     )
     for name in positive.split():
       value = getattr(self, name)
@@ -113,9 +114,20 @@ class Config:
       raise ValueError(
         f"unroll must be an integer >= 1 (or unset for the default), got {self.unroll}"
       )
-    for name in ("early_stopping", "mc_samples", "decay_after", "warmup_epochs"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+    for name in (
+      "early_stopping",
+      "mc_samples",
+      "decay_after",
+      "warmup_epochs",
+      "checkpoint_every",
+    ):
+      if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+    if self.mc_samples and not self.checkpoint_every:
+      raise ValueError(
+        "mc_samples scores the best checkpoint, and checkpoint_every=0 writes none; "
+        "set checkpoint_every >= 1 or mc_samples=0"
+      )
     if not 0.0 < self.val_fraction < 1.0:
       raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
     if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):

@@ -361,7 +361,8 @@ class _Group:
       if improved:
         run.best = record
     run.check_done()
-    if improved or run.status != "running" or run.epoch % run.config.checkpoint_every == 0:
+    every = run.config.checkpoint_every
+    if every and (improved or run.status != "running" or run.epoch % every == 0):
       run.folder.save(run.epoch, rows[run.index], run.meta(), best=improved)
     if run.status != "running":
       self.finish(run)

@@ -5,7 +5,8 @@
 #      trained together in one vmapped step (experiments/ptb_zaremba.py --variants);
 #   2. large: 2x1500, dropout 0.65, 55 epochs, on its own.
 # Writes the tables, the log and every run's summary under $OUT, and no
-# checkpoints. Runs from the checkout without `pip install -e .` (it puts the
+# checkpoints (the six medium runs' states are 1.4 GB, written twice at each better
+# validation score, so nearly every epoch). Runs from the checkout without `pip install -e .` (it puts the
 # checkout on PYTHONPATH).
 #
 # Estimates (one H100 or H200, float32 with XLA's default TF32 matmuls), from the
@@ -14,8 +15,8 @@
 #   medium group: one run 3.1 s an epoch; six vmapped runs about 2.5x one run
 #     (8 seed_clf runs took 1.5x one run), 7.8 s x 39 epochs = 5.1 min, plus
 #     compilation and evaluation: about 5.5 min (budget 6)      -> MEDIUM_EST_S
-#   large: 6.5 s x 55 epochs = 6.0 min, plus compilation and evaluation:
-#     about 6.5 min (budget 8)                                  -> LARGE_EST_S
+#   large: 6.5 s x 55 epochs = 6.0 min, plus compilation and 55 validations
+#     (105 windows of 20 streams each): about 7 min (budget 8)  -> LARGE_EST_S
 # Each part is meant to be its own call (a command may run 10 minutes):
 #   CONFIGS=medium bash scripts/gpu_ptb.sh; CONFIGS=large bash scripts/gpu_ptb.sh
 # A part whose estimate exceeds what is left of BUDGET is not started (and the
@@ -37,7 +38,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 START=$SECONDS
 MEDIUM_EST_S=330
-LARGE_EST_S=390
+LARGE_EST_S=420
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c "import jax" 2>/dev/null; then
   echo "error: PYTHON=$PYTHON cannot import jax; set PYTHON to a Python that can" >&2
@@ -82,7 +83,8 @@ print("devices:", jax.devices(), flush=True)
 t0 = time.perf_counter()
 try:
   path = run_study(name, variants_too=name == "medium", data_dir=data, out=Path(out),
-                   quick_run=quick == "1", epochs=int(epochs) if epochs else None)
+                   quick_run=quick == "1", epochs=int(epochs) if epochs else None,
+                   checkpoints=False)
 except (ValueError, OSError) as e:
   raise SystemExit(f"error: {e}") from None
 print(path.read_text(), f"({name}: {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)

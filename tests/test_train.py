@@ -68,6 +68,18 @@ def test_tiny_run_writes_every_file(tmp_path):
   assert train_and_evaluate(dataclasses.replace(TINY, mc_samples=3), run) == summary
 
 
+def test_a_run_without_checkpoints_trains_the_same_and_writes_none(tmp_path):
+  with_ckpt = train_and_evaluate(TINY, tmp_path / "a")
+  without = train_and_evaluate(dataclasses.replace(TINY, checkpoint_every=0), tmp_path / "b")
+  assert without["status"] == "finished" and without["final"] == with_ckpt["final"]
+  ckpt = RunCheckpoints(tmp_path / "b")
+  try:
+    assert ckpt.epochs("last") == [] and ckpt.epochs("best") == []
+  finally:
+    ckpt.close()
+  assert RunCheckpoints(tmp_path / "a").epochs("last")[-1] == TINY.epochs
+
+
 def test_evaluation_counts_every_example(tmp_path):
   from lstmdrop_jax.data import load_dataset
 
@@ -216,6 +228,7 @@ def test_group_of_runs_writes_one_folder_each(tmp_path):
     (["--dataset", "NoSuchSet"], "unknown dataset 'NoSuchSet'.*GunPoint"),
     (["--dropout.output", "1.5"], r"dropout rate 'output' must satisfy 0 <= rate <.*got 1\.5"),
     (["--epochs", "-3"], "epochs must be an integer >= 1, got -3"),
+    (["--checkpoint-every", "0", "--mc-samples", "2"], "mc_samples scores the best checkpoint"),
     (["--dropout.time-locked", "hidden"], r"valid placements are \['input', 'between', 'output',"),
   ],
 )
