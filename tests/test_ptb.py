@@ -175,7 +175,7 @@ def test_the_gpu_pack_refuses_a_part_the_budget_cannot_hold(tmp_path):
     ["bash", str(repo / "scripts" / "gpu_ptb.sh")], env=env, capture_output=True, text=True
   )
   assert proc.returncode == 3
-  assert "not started: large needs about 420 s and" in proc.stderr
+  assert "not started: large needs about 350 s and" in proc.stderr
   assert "CONFIGS=large bash scripts/gpu_ptb.sh" in proc.stderr
   assert not list((tmp_path / "out").glob("ptb_*"))  # nothing trained
 
