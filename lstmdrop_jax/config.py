@@ -53,6 +53,8 @@ class Config:
   """Language models: unrolled steps per batch (truncated BPTT)."""
   train_tokens: int | None = None
   """Language models: train on the first N training tokens only (smoke tests)."""
+  eval_tokens: int | None = None
+  """Language models: score validation and test on their first N tokens only (smoke tests)."""
 
   optimizer: Literal["adam", "sgd"] = "adam"
   """Optimiser: Adam or plain SGD (Zaremba et al. use SGD)."""
@@ -123,6 +125,10 @@ class Config:
     ):
       if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+    for name in ("train_tokens", "eval_tokens"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, int) or value < 2):
+        raise ValueError(f"{name} must be an integer >= 2 or unset (all tokens), got {value!r}")
     if self.mc_samples and not self.checkpoint_every:
       raise ValueError(
         "mc_samples scores the best checkpoint, and checkpoint_every=0 writes none; "

@@ -27,8 +27,9 @@
 #   CONFIGS   which parts, in order; default "medium large"
 #   BUDGET    seconds this call may take; default 600
 #   EPOCHS    overrides the configurations' epochs (the tables say so)
-#   QUICK=1   a short run of both parts (2x32 units, 2 short epochs): a check of
-#             the pipeline, not a result; the budget is not applied
+#   QUICK=1   a short run of both parts (2x32 units, 2 short epochs, scored on
+#             4,000 tokens): a check of the pipeline, not a result; the budget is
+#             not applied
 #
 #   PTB_DIR=.ptb bash scripts/gpu_ptb.sh
 #   QUICK=1 JAX_PLATFORMS=cpu bash scripts/gpu_ptb.sh     # the pipeline on a CPU

@@ -229,6 +229,7 @@ def test_group_of_runs_writes_one_folder_each(tmp_path):
     (["--dropout.output", "1.5"], r"dropout rate 'output' must satisfy 0 <= rate <.*got 1\.5"),
     (["--epochs", "-3"], "epochs must be an integer >= 1, got -3"),
     (["--checkpoint-every", "0", "--mc-samples", "2"], "mc_samples scores the best checkpoint"),
+    (["--eval-tokens", "1"], "eval_tokens must be an integer >= 2 or unset"),
     (["--dropout.time-locked", "hidden"], r"valid placements are \['input', 'between', 'output',"),
   ],
 )

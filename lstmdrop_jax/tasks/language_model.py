@@ -68,8 +68,12 @@ class LanguageModelTask:
       forget_bias=0.0 if config.forget_bias is None else config.forget_bias,
     )
 
+  def _eval_split(self, split: str) -> np.ndarray:
+    tokens = getattr(self.corpus, split)
+    return tokens if self.config.eval_tokens is None else tokens[: self.config.eval_tokens]
+
   def describe(self, k: int) -> dict[str, Any]:
-    tokens = {s: len(getattr(self.corpus, s)) for s in ("valid", "test")}
+    tokens = {s: len(self._eval_split(s)) for s in ("valid", "test")}
     return {
       "dataset": self.name,
       "vocab_size": self.vocab_size,
@@ -85,8 +89,8 @@ class LanguageModelTask:
     out = {}
     c = self.config
     for split, tokens, streams in (
-      ("val", self.corpus.valid, c.batch_size),
-      ("test", self.corpus.test, 1),
+      ("val", self._eval_split("valid"), c.batch_size),
+      ("test", self._eval_split("test"), 1),
     ):
       batch = text.eval_stream(tokens, c.num_steps, streams)
       out[split] = {name: np.broadcast_to(a, (self.k, *a.shape)) for name, a in batch.items()}
