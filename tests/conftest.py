@@ -5,9 +5,13 @@ import shutil
 import tempfile
 
 # Before JAX is imported anywhere: every program is compiled once per test
-# session, in this process and in the subprocesses the tests start (they
-# inherit the environment). The cache is new for each session.
-_CACHE = tempfile.mkdtemp(prefix="lstmdrop_jax_tests_")
+# session, in this process, in pytest-xdist's workers and in the subprocesses the
+# tests start (they all inherit the environment). The cache is new for each session.
+_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+if _WORKER and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  _CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]  # the controller's
+else:
+  _CACHE = tempfile.mkdtemp(prefix="lstmdrop_jax_tests_")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 # One CPU device, in this process and in the command lines the tests start (whose
@@ -114,4 +118,5 @@ def reference_run(tmp_path_factory):
 
 
 def pytest_sessionfinish(session, exitstatus):
-  shutil.rmtree(_CACHE, ignore_errors=True)
+  if not _WORKER:  # the controller's session ends after its workers'
+    shutil.rmtree(_CACHE, ignore_errors=True)

@@ -293,17 +293,18 @@ def test_converters_refuse_layers_that_do_not_chain(sizes, message):
     from_keras_lstm(keras)
 
 
-def test_the_start_record_counts_the_training_tokens_used(tmp_path):
+def test_the_start_record_counts_the_tokens_used(tmp_path):
   ptb = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
   from lstmdrop_jax.train import Config
 
   cfg = Config(
     dataset="ptb", data_dir=str(ptb), hidden=8, layers=1, num_steps=10, batch_size=10,
-    train_tokens=3000, optimizer="sgd", learning_rate=1.0, epochs=1, unroll=1,
+    train_tokens=3000, eval_tokens=2000, optimizer="sgd", learning_rate=1.0, epochs=1,
+    unroll=1,
   )  # fmt: skip
   train_and_evaluate(cfg, tmp_path / "lm", progress=False)
   start = read_jsonl(tmp_path / "lm" / "metrics.jsonl")[0]
-  assert start["tokens"] == {"train": 3000, "valid": 73_760, "test": 82_430}
+  assert start["tokens"] == {"train": 3000, "valid": 2000, "test": 2000}
 
 
 def test_a_checkpoint_written_by_an_older_version_resumes(tmp_path, reference_run, same_folder):

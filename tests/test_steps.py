@@ -99,8 +99,8 @@ def test_tiny_language_model_run_lowers_validation_perplexity(tmp_path):
 
   cfg = Config(
       dataset="ptb", data_dir=str(PTB), hidden=16, layers=1, num_steps=10, batch_size=20,
-      train_tokens=30_000, optimizer="sgd", learning_rate=1.0, init_scale=0.1, epochs=2,
-      dropout=DropoutConfig(input=0.1, output=0.1), unroll=1,
+      train_tokens=30_000, eval_tokens=20_000, optimizer="sgd", learning_rate=1.0,
+      init_scale=0.1, epochs=2, dropout=DropoutConfig(input=0.1, output=0.1), unroll=1,
   )  # fmt: skip
   summary = train_and_evaluate(cfg, tmp_path / "lm")
   evals = [r for r in read_jsonl(tmp_path / "lm" / "metrics.jsonl") if r.get("event") == "eval"]
