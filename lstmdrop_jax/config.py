@@ -116,15 +116,11 @@ class Config:
       raise ValueError(
         f"unroll must be an integer >= 1 (or unset for the default), got {self.unroll}"
       )
-    for name in (
-      "early_stopping",
-      "mc_samples",
-      "decay_after",
-      "warmup_epochs",
-      "checkpoint_every",
-    ):
-      if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+    nonnegative = "early_stopping mc_samples decay_after warmup_epochs checkpoint_every"
+    for name in nonnegative.split():
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     for name in ("train_tokens", "eval_tokens"):
       value = getattr(self, name)
       if value is not None and (not isinstance(value, int) or value < 2):
