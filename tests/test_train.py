@@ -230,6 +230,8 @@ def test_group_of_runs_writes_one_folder_each(tmp_path):
     (["--epochs", "-3"], "epochs must be an integer >= 1, got -3"),
     (["--checkpoint-every", "0", "--mc-samples", "2"], "mc_samples scores the best checkpoint"),
     (["--eval-tokens", "1"], "eval_tokens must be an integer >= 2 or unset"),
+    (["--train-tokens", "0"], "train_tokens must be an integer >= 2 or unset"),
+    (["--checkpoint-every", "-1"], "checkpoint_every must be an integer >= 0, got -1"),
     (["--dropout.time-locked", "hidden"], r"valid placements are \['input', 'between', 'output',"),
   ],
 )
