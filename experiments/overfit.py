@@ -75,6 +75,9 @@ class Args:
   parallel: str = "auto"
   """How devices share a group: 'data' (split batches), 'runs' (whole runs per device), or
   'auto' (runs when a group has at least as many runs as devices, on a CPU)."""
+  runs_at_once: int | None = None
+  """Runs of a device one pass of the step computes together, vmapped; it loops over the
+  rest (default: 1 on a CPU, all on an accelerator)."""
   cpu_devices: int | None = None
   """CPU: present the CPU as this many JAX devices (default: one per usable core, or
   $LSTMDROP_CPU_DEVICES; 1 switches it off)."""
@@ -122,7 +125,14 @@ def main(argv=None) -> None:
   try:
     setup_cpu_devices(args.cpu_devices)
     study = sweep(args)
-    paths = run_sweep(study, out, group_size=args.group_size, parallel=args.parallel, title=title)
+    paths = run_sweep(
+      study,
+      out,
+      group_size=args.group_size,
+      parallel=args.parallel,
+      runs_at_once=args.runs_at_once,
+      title=title,
+    )
   except (ValueError, OSError, RunFolderError) as e:
     raise SystemExit(f"error: {e}") from None
   minutes = (time.perf_counter() - t0) / 60

@@ -129,6 +129,7 @@ def run_sweep(
   *,
   group_size: int = 0,
   parallel: str = "auto",
+  runs_at_once: int | None = None,
   title: str = "",
   progress: bool = True,
 ) -> dict[str, Path]:
@@ -143,7 +144,14 @@ def run_sweep(
   """
   out = Path(out)
   runs = out / "runs"
-  train_points(sweep.points(), runs, group_size=group_size, parallel=parallel, progress=progress)
+  train_points(
+    sweep.points(),
+    runs,
+    group_size=group_size,
+    parallel=parallel,
+    runs_at_once=runs_at_once,
+    progress=progress,
+  )
   return build_report(out / "runs", out, title)
 
 
@@ -153,6 +161,7 @@ def train_points(
   *,
   group_size: int = 0,
   parallel: str = "auto",
+  runs_at_once: int | None = None,
   progress: bool = True,
 ) -> None:
   """Trains ``(run folder name, config)`` points into ``runs_dir/<name>``, in stackable
@@ -164,6 +173,7 @@ def train_points(
   """
   for _, c in points:
     c.validate()
+  par.check_runs_at_once(runs_at_once)
   chunks = groups(points, group_size)
   for chunk in chunks:
     batch_size = chunk[0][1].batch_size
@@ -174,6 +184,7 @@ def train_points(
       [c for _, c in chunk],
       [Path(runs_dir) / n for n, _ in chunk],
       parallel=parallel,
+      runs_at_once=runs_at_once,
       progress=progress,
     )
 
@@ -219,6 +230,9 @@ class _Cli:
   parallel: str = "auto"
   """How devices share a group: 'data' (split batches), 'runs' (whole runs per device), or
   'auto' (runs when a group has at least as many runs as devices, on a CPU)."""
+  runs_at_once: int | None = None
+  """Runs of a device one pass of the step computes together, vmapped; it loops over the
+  rest (default: 1 on a CPU, all on an accelerator)."""
   cpu_devices: int | None = None
   """CPU: present the CPU as this many JAX devices (default: one per usable core, or
   $LSTMDROP_CPU_DEVICES; 1 switches it off)."""
@@ -234,7 +248,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     sweep = Sweep(args.config, args.settings, args.rates, args.seeds, parse_vary(args.vary))
     t0 = time.perf_counter()
     paths = run_sweep(
-      sweep, args.out, group_size=args.group_size, parallel=args.parallel, title=args.title
+      sweep,
+      args.out,
+      group_size=args.group_size,
+      parallel=args.parallel,
+      runs_at_once=args.runs_at_once,
+      title=args.title,
     )
   except (ValueError, OSError, RunFolderError) as e:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

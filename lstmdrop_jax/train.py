@@ -2,10 +2,11 @@
 
 One loop trains one run, or K runs at once (``train_runs``): runs that share
 the model's shape and differ in seed and dropout rates are stacked on a
-leading axis and trained by one ``vmap``-ed, jitted epoch function, each run
-still writing its own run folder. Every run has its own epoch counter, so
-runs resumed from different checkpoints train together; a run that finishes,
-stops early or diverges is frozen while the others go on.
+leading axis and trained by one jitted epoch function (vmapped, or on a CPU
+looped over: ``parallel.map_runs``), each run still writing its own run
+folder. Every run has its own epoch counter, so runs resumed from different
+checkpoints train together; a run that finishes, stops early or diverges is
+frozen while the others go on.
 
 An epoch is one compiled call (``steps.make_train_epoch``): ``lax.scan`` of
 the pure ``train_step`` over the epoch's batches, metrics summed on device
@@ -23,6 +24,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +70,19 @@ def train_runs(
   *,
   progress: bool = True,
   parallel: str = "auto",
+  runs_at_once: int | None = None,
   data: ArrayData | None = None,
 ) -> list[dict[str, Any]]:
-  """Trains K runs together (one vmapped step), each in its own run folder.
+  """Trains K runs together (one compiled step), each in its own run folder.
 
   The configs may differ only in ``seed`` and ``dropout`` (rates, and which
   placements are time-locked: ``GroupDropout``). Finished runs are read back, not
   retrained.
   ``parallel``: ``"data"`` splits every batch over the devices, ``"runs"`` gives
   each device whole runs (K padded with copies of the first run, which write
-  nothing), ``"auto"`` picks one (``parallel.plan``). ``data``: your own
+  nothing), ``"auto"`` picks one (``parallel.plan``). ``runs_at_once``: how
+  many of a device's runs one pass of the step computes together, vmapped
+  (``parallel.map_runs``; None: one on a CPU, all on an accelerator). ``data``: your own
   ``ArrayData`` for every run (each run splits off its validation series by
   its seed unless the arrays give a validation split).
 
@@ -94,6 +99,7 @@ def train_runs(
   for c in configs:
     c.validate(external_data=data is not None)
   check_stackable(configs)
+  par.check_runs_at_once(runs_at_once)
   paths = [rf.check_workdir(w).absolute() for w in workdirs]
   if len(set(paths)) != len(paths):
     raise ValueError("two runs share a workdir; give each run its own folder")
@@ -112,12 +118,13 @@ def train_runs(
     pads = [configs[todo[0]]] * par.padding(parallel, mesh, len(todo))  # they write nothing
     group_configs = [configs[k] for k in todo] + pads
     # The data first: a bad dataset or batch size fails before anything is written.
-    task = make_task(group_configs, devices=mesh.size, data=data)
+    # Evaluation batches are padded to split over the devices only where they are split.
+    task = make_task(group_configs, devices=mesh.size if parallel == "data" else 1, data=data)
     if par.is_main_process():
       for k in todo:
         rf.prepare_run_folder(paths[k], configs[k].to_dict(), folders[k])
     par.sync("run folders prepared")
-    group = _Group.compile(task, group_configs, mesh, parallel)
+    group = _Group.compile(task, group_configs, mesh, parallel, runs_at_once)
     with fused.batch_split_over_devices(parallel == "data" and mesh.size > 1):
       done = group.train(
         [paths[k] for k in todo],
@@ -189,7 +196,9 @@ class _Group:
   keys: Any = None  # the stacked dropout keys
 
   @classmethod
-  def compile(cls, task: Task, configs: Sequence[Config], mesh, mode: str) -> _Group:
+  def compile(
+    cls, task: Task, configs: Sequence[Config], mesh, mode: str, at_once: int | None
+  ) -> _Group:
     """Builds the model and the jitted epoch and evaluation functions."""
     cfg = configs[0]
     sh = par.shardings(mode, mesh)
@@ -204,11 +213,12 @@ class _Group:
       # Frozen runs (finished, stopped, diverged) keep their state.
       return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state), metrics
 
+    over_runs = partial(par.map_runs, mode=mode, mesh=mesh, runs=len(configs), at_once=at_once)
     epoch_fn = jax.jit(
-      jax.vmap(run_epoch), donate_argnums=0, out_shardings=(sh["state"], sh["replicated"])
+      over_runs(run_epoch), donate_argnums=0, out_shardings=(sh["state"], sh["replicated"])
     )
     eval_fn = jax.jit(
-      jax.vmap(steps.make_evaluate(model, task.objective)), out_shardings=sh["replicated"]
+      over_runs(steps.make_evaluate(model, task.objective)), out_shardings=sh["replicated"]
     )
     eval_sharding = sh["eval"] if task.eval_splittable or mode == "runs" else sh["replicated"]
     return cls(configs, task, model, tx, sh, epoch_fn, eval_fn, eval_sharding)

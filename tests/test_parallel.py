@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -144,7 +145,7 @@ def test_runs_sharded_and_padded_over_devices_equal_the_group_on_one_device(four
   train_runs(SEEDS, one, progress=False)
   for k in range(3):
     # Whole runs per device compute what one device computes, up to float rounding
-    # (XLA compiles the per-device program of a sharded group differently).
+    # (XLA compiles a device's loop over its share of the runs on its own).
     _close(_params(root / "runs3" / str(k)), _params(one[k]))
     got, want = (read_jsonl(d / "metrics.jsonl") for d in (root / "runs3" / str(k), one[k]))
     # One record per epoch and evaluation: the pad logged nothing into run 0's folder.
@@ -166,6 +167,36 @@ def test_auto_gives_cores_whole_runs_or_splits_a_classifiers_batch(four_devices,
   alone = dataclasses.replace(BASE, batch_size=6)
   train_and_evaluate(alone, tmp_path / "one", progress=False)
   _close(_params(root / "auto6"), _params(tmp_path / "one"))
+
+
+def test_map_runs_loops_over_runs_in_passes_with_the_vmaps_values():
+  """One run at a time, two at a time (with a remainder) and all at once agree; a
+  run computed alone in its pass equals that run computed on its own."""
+  from lstmdrop_jax import parallel
+
+  mesh = parallel.make_mesh()
+  w = jax.random.normal(jax.random.key(0), (5, 8, 8))
+  x = jax.random.normal(jax.random.key(1), (5, 3, 8))
+  fn = lambda w, x: (jnp.tanh(x @ w), {"sum": jnp.sum(x @ w)})
+  out = {
+    at_once: jax.jit(parallel.map_runs(fn, "data", mesh, runs=5, at_once=at_once))(w, x)
+    for at_once in (None, 1, 2, 5)
+  }
+  alone = jax.jit(parallel.map_runs(fn, "data", mesh, runs=1, at_once=1))
+  for k in range(5):
+    single = alone(w[k : k + 1], x[k : k + 1])
+    row = jax.tree.map(lambda a, k=k: a[k : k + 1], out[1])
+    jax.tree.map(np.testing.assert_array_equal, row, single)
+  for at_once in (2, 5):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), out[at_once], out[1])
+  loops = lambda at_once: (
+    "scan"
+    in str(jax.make_jaxpr(parallel.map_runs(fn, "data", mesh, runs=5, at_once=at_once))(w, x))
+  )
+  assert loops(None) and loops(1) and loops(2) and not loops(5)  # a CPU's default: one at a time
+  for bad in (0, -1, 1.5, True):
+    with pytest.raises(ValueError, match="runs_at_once must be an int >= 1"):
+      parallel.map_runs(fn, "data", mesh, runs=5, at_once=bad)
 
 
 _ALLOCATOR_PROBE = """
@@ -307,8 +338,8 @@ def test_the_overfit_tables_on_four_devices_equal_one_devices(tmp_path):
   four, one = read("4"), read("1")
   assert len(four) == len(one) == 5
   for a, b in zip(four, one, strict=True):
-    # Accuracies to the last printed digit; losses summed over differently padded
-    # evaluation batches (a multiple of the device count) to rounding.
+    # Accuracies to the last printed digit; losses to rounding (each device's loop
+    # over its runs is compiled on its own).
     assert {k: v for k, v in a.items() if "loss" not in k} == {
       k: v for k, v in b.items() if "loss" not in k
     }

@@ -93,3 +93,14 @@ def test_overfit_is_a_preset_of_the_sweep():
   names = [n for n, _ in study.points()]
   assert names[:3] == ["none_0/seed_0", "none_0/seed_1", "input_0.2/seed_0"]
   assert dataclasses.replace(study.base, seed=0) == study.base
+
+
+def test_a_bad_runs_at_once_is_one_line_and_writes_nothing(tmp_path, capsys):
+  out = tmp_path / "sweep"
+  with pytest.raises(SystemExit) as e:
+    sweep_lib.main(["--out", str(out), "--dataset", "synthetic", "--epochs", "1",
+                    "--seeds", "2", "--runs-at-once", "0"])  # fmt: skip
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: runs_at_once must be an int >= 1") and "\n" not in err
+  assert not out.exists()

@@ -275,7 +275,8 @@ def test_runs_that_differ_in_time_locking_train_together_as_alone(tmp_path):
 
 
 def test_runs_trained_together_equal_runs_trained_alone(tmp_path):
-  """K runs in one vmapped step (different seeds and rates) = each run alone."""
+  """K runs in one compiled step (different seeds and rates) = each run alone, bit for
+  bit: on a CPU the step loops over the runs, each computed as it is alone."""
   cfgs = [
     dataclasses.replace(TINY, epochs=3, seed=0, dropout=DropoutConfig(output=0.5)),
     dataclasses.replace(TINY, epochs=3, seed=1, dropout=DropoutConfig(input=0.2, between=0.3)),
@@ -287,10 +288,7 @@ def test_runs_trained_together_equal_runs_trained_alone(tmp_path):
       _final_params(tmp_path / f"together{k}"),
       _final_params(tmp_path / f"alone{k}"),
     )
-    jax.tree.map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), together, alone
-    )
+    jax.tree.map(np.testing.assert_array_equal, together, alone)
     ev = lambda d: [r for r in read_jsonl(d / "metrics.jsonl") if r.get("event") == "eval"]
-    for a, b in zip(ev(tmp_path / f"together{k}"), ev(tmp_path / f"alone{k}"), strict=True):
-      assert a["val/accuracy"] == b["val/accuracy"]
-      np.testing.assert_allclose(a["val/loss"], b["val/loss"], rtol=1e-5)
+    assert ev(tmp_path / f"together{k}") == ev(tmp_path / f"alone{k}")
+
