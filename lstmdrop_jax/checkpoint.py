@@ -60,13 +60,23 @@ class RunCheckpoints:
 
   def save(self, epoch: int, state: Any, meta: dict[str, Any], *, best: bool = False) -> None:
     """Saves ``state`` and ``meta`` as epoch ``epoch`` (and as the best one)."""
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    args = _args(state, meta)
     if best:
       _write(self._best, epoch, args)
     for old in sorted(self._last.all_steps())[: -self.keep + 1 or None]:
       if old != epoch:
         self._last.delete(old)
     _write(self._last, epoch, args)
+    self.discard_stale_best(epoch)
+
+  def save_best(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
+    """Saves an earlier epoch's state as the best one, before the next ``save``.
+
+    A training loop may hold the best state in memory and write it only with
+    the next last checkpoint: a kill before then loses nothing, since the
+    resumed run repeats those epochs bit for bit and finds the same best.
+    """
+    _write(self._best, epoch, _args(state, meta))
     self.discard_stale_best(epoch)
 
   def discard_stale_best(self, epoch: int) -> None:
@@ -140,6 +150,10 @@ class RunCheckpoints:
   def close(self) -> None:
     self._last.close()
     self._best.close()
+
+
+def _args(state: Any, meta: dict[str, Any]) -> ocp.args.Composite:
+  return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
 
 
 def _write(mgr: ocp.CheckpointManager, epoch: int, args: Any) -> None:

@@ -305,13 +305,22 @@ class RunFolder:
 
   def save(self, epoch: int, state: Any, meta: dict[str, Any], *, best: bool) -> None:
     """Checkpoints epoch ``epoch`` (and as the best one)."""
-    try:
+    with self._writing(f"the checkpoint of epoch {epoch}"):
       self.ckpt.save(epoch, state, meta, best=best)
+
+  def save_best(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
+    """Checkpoints an earlier epoch as the best one (``RunCheckpoints.save_best``)."""
+    with self._writing(f"the best checkpoint (epoch {epoch})"):
+      self.ckpt.save_best(epoch, state, meta)
+
+  @contextlib.contextmanager
+  def _writing(self, what: str) -> Iterator[None]:
+    try:
+      yield
     except Exception as e:
       raise RunFolderError(
-        f"cannot write the checkpoint of epoch {epoch} under {self.ckpt.root}: "
-        f"{_reason(e)}; the older checkpoints are intact: fix that, then re-run the same "
-        "command to resume"
+        f"cannot write {what} under {self.ckpt.root}: {_reason(e)}; the older checkpoints "
+        "are intact: fix that, then re-run the same command to resume"
       ) from e
 
   def write_summary(self, summary: dict[str, Any]) -> None:
@@ -340,6 +349,9 @@ class ShadowFolder:
     self.log = MetricsLog(of.path, write=False)
 
   def save(self, *args: Any, **kwargs: Any) -> None:
+    pass
+
+  def save_best(self, *args: Any, **kwargs: Any) -> None:
     pass
 
   def write_summary(self, summary: dict[str, Any]) -> None:

@@ -159,6 +159,9 @@ class _Run:
   error: str | None = None
   started: float = 0.0  # time.perf_counter() when this invocation began
   latest: dict[str, Any] | None = None  # the last training record
+  # The best state not yet checkpointed, held until the next checkpoint:
+  # (epoch, host copy of the state, meta).
+  unsaved_best: tuple[int, Any, dict[str, Any]] | None = None
 
   def meta(self) -> dict[str, Any]:
     wall = self.wall + time.perf_counter() - self.started
@@ -372,15 +375,30 @@ class _Group:
         run.best = record
     run.check_done()
     every = run.config.checkpoint_every
-    if every and (improved or run.status != "running" or run.epoch % every == 0):
+    if improved:
+      run.unsaved_best = None  # superseded
+    if every and (run.status != "running" or run.epoch % every == 0):
+      self.save_best(run)
       run.folder.save(run.epoch, rows[run.index], run.meta(), best=improved)
+    elif every and improved:
+      # Written with the next checkpoint: a kill before it loses nothing, since
+      # the resumed run repeats these epochs bit for bit and finds this best again.
+      copy = lambda a: np.array(a) if isinstance(a, np.ndarray) else a  # not a view of all runs
+      run.unsaved_best = (run.epoch, jax.tree.map(copy, rows[run.index]), run.meta())
     if run.status != "running":
       self.finish(run)
+
+  def save_best(self, run: _Run) -> None:
+    """Writes the run's best state held since its last checkpoint, if any."""
+    if run.unsaved_best is not None:
+      run.folder.save_best(*run.unsaved_best)
+      run.unsaved_best = None
 
   def finish(self, run: _Run) -> None:
     """Writes ``summary.json`` (after the Monte-Carlo evaluation, if asked)."""
     if isinstance(run.folder, rf.ShadowFolder):
       return
+    self.save_best(run)  # a diverged run's, which ends without a last checkpoint
     evals = [r for r in run.folder.log.records() if r.get("event") == "eval"]
     summary = {
       "status": run.status,

@@ -30,8 +30,10 @@ from lstmdrop_jax.dropout import DropoutConfig
 from lstmdrop_jax.run_folder import read_jsonl
 from lstmdrop_jax.train import Config, train_and_evaluate
 
-#: A small run with every kind of write: 4 epochs, a checkpoint every 2 and at
-#: every better validation score (epochs 1, 3, 4), the last 2 kept.
+#: A small run with every kind of write: 4 epochs, a checkpoint every 2, better
+#: validation scores at epochs 1, 3 and 4 (epoch 1's state is held and written
+#: as the best with epoch 2's checkpoint; epoch 4's supersedes epoch 3's), the
+#: last 2 kept.
 SMALL_RUN = Config(
   dataset="synthetic",
   hidden=8,

@@ -13,6 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -21,7 +22,7 @@ from lstmdrop_jax import from_keras_lstm, from_torch_lstm, run_folder
 from lstmdrop_jax.cli import main
 from lstmdrop_jax.run_folder import RunFolderError, read_jsonl
 from lstmdrop_jax.train import train_and_evaluate
-from tests.conftest import SMALL_RUN
+from tests.conftest import SMALL_RUN, folder_state
 
 
 def _flags(config) -> list[str]:
@@ -124,7 +125,7 @@ def test_no_intact_checkpoint_names_the_folder(tmp_path, reference_run):
   with pytest.warns(UserWarning), pytest.raises(RunFolderError) as e:
     train_and_evaluate(SMALL_RUN, workdir, progress=False)
   assert f"no intact checkpoint in {workdir / 'checkpoints' / 'last'}" in str(e.value)
-  assert "epoch 4: JSONDecodeError" in str(e.value) and "epoch 3: JSONDecodeError" in str(e.value)
+  assert "epoch 4: JSONDecodeError" in str(e.value) and "epoch 2: JSONDecodeError" in str(e.value)
   assert f"move the folder {workdir} away" in str(e.value)
 
 
@@ -135,24 +136,28 @@ def _oserror(code: int, path) -> OSError:
   return OSError(code, __import__("os").strerror(code), str(path))
 
 
+@pytest.mark.parametrize(
+  ("step", "what"),
+  # Epoch 2's checkpoint: epoch 1's held best state first, then epoch 2's own.
+  [(1, "the best checkpoint (epoch 1)"), (2, "the checkpoint of epoch 2")],
+)
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(
-  tmp_path, capsys, monkeypatch, reference_run, same_folder
+  tmp_path, capsys, monkeypatch, reference_run, same_folder, step, what
 ):
   save = ocp.CheckpointManager.save
 
-  def disk_full_at_epoch_3(self, step, *args, **kwargs):
-    if step == 3:
-      raise _oserror(errno.ENOSPC, self.directory / "3.orbax-checkpoint-tmp")
-    return save(self, step, *args, **kwargs)
+  def disk_full_at(self, at, *args, **kwargs):
+    if at == step:
+      raise _oserror(errno.ENOSPC, self.directory / f"{at}.orbax-checkpoint-tmp")
+    return save(self, at, *args, **kwargs)
 
   workdir = tmp_path / "run"
   with monkeypatch.context() as m:
-    m.setattr(ocp.CheckpointManager, "save", disk_full_at_epoch_3)
+    m.setattr(ocp.CheckpointManager, "save", disk_full_at)
     line = _cli_error(capsys, workdir)
   assert line == (
-    f"error: cannot write the checkpoint of epoch 3 under {workdir / 'checkpoints'}: No space "
-    "left on device; the older checkpoints are intact: fix that, then re-run the same command "
-    "to resume"
+    f"error: cannot write {what} under {workdir / 'checkpoints'}: No space left on device; "
+    "the older checkpoints are intact: fix that, then re-run the same command to resume"
   )
   train_and_evaluate(SMALL_RUN, workdir, progress=False)
   same_folder(workdir, reference_run)
@@ -307,7 +312,7 @@ def test_the_start_record_counts_the_tokens_used(tmp_path):
   assert start["tokens"] == {"train": 3000, "valid": 2000, "test": 2000}
 
 
-def test_a_checkpoint_written_by_an_older_version_resumes(tmp_path, reference_run, same_folder):
+def test_a_checkpoint_written_by_an_older_version_resumes(tmp_path, reference_run):
   """Older versions saved the train state's dropout rates with six placements; the rates
   come from the config, so such a checkpoint resumes exactly."""
   from lstmdrop_jax.checkpoint import RunCheckpoints
@@ -327,4 +332,16 @@ def test_a_checkpoint_written_by_an_older_version_resumes(tmp_path, reference_ru
   with warnings.catch_warnings():  # read as it is, not skipped as damaged
     warnings.simplefilter("error", UserWarning)
     train_and_evaluate(SMALL_RUN, workdir, progress=False)  # extended to 4 epochs
-  same_folder(workdir, reference_run)
+  # The same folder, but for the older form of epoch 2's rates, which is kept.
+  got, want = folder_state(workdir), folder_state(reference_run)
+  assert len(got["last/2"][0]["dropout"]) == 6
+  for k in got:
+    got[k] = (dict(got[k][0], dropout=None), got[k][1]) if k == "last/2" else got[k]
+    want[k] = (dict(want[k][0], dropout=None), want[k][1]) if k == "last/2" else want[k]
+  assert got.keys() == want.keys()
+  for k in got:
+    if "/" in k:
+      jax.tree.map(np.testing.assert_array_equal, got[k][0], want[k][0])
+      assert got[k][1] == want[k][1], k
+    else:
+      assert got[k] == want[k], k

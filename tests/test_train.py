@@ -292,3 +292,25 @@ def test_runs_trained_together_equal_runs_trained_alone(tmp_path):
     ev = lambda d: [r for r in read_jsonl(d / "metrics.jsonl") if r.get("event") == "eval"]
     assert ev(tmp_path / f"together{k}") == ev(tmp_path / f"alone{k}")
 
+
+def test_a_best_epoch_between_checkpoints_is_written_with_the_next_checkpoint(tmp_path):
+  """The best state of an epoch that is not a checkpoint epoch is held and written
+  with the next checkpoint: the best checkpoint equals that epoch's state."""
+  held = [dataclasses.replace(TINY, epochs=6, checkpoint_every=6, seed=s) for s in range(4)]
+  every = [dataclasses.replace(c, checkpoint_every=1, keep_checkpoints=6) for c in held]
+  got = train_runs(held, [tmp_path / f"held{k}" for k in range(4)], progress=False)
+  want = train_runs(every, [tmp_path / f"every{k}" for k in range(4)], progress=False)
+  assert [s["best"] for s in got] == [s["best"] for s in want]
+  bests = [s["best"]["epoch"] for s in got]
+  assert min(bests) < 6  # some best came between checkpoints
+  for k, b in enumerate(bests):
+    ckpt, ref = RunCheckpoints(tmp_path / f"held{k}"), RunCheckpoints(tmp_path / f"every{k}")
+    try:
+      assert ckpt.epochs("last") == [6] and ckpt.epochs("best") == [b]
+      state, meta = ckpt.restore(which="best")
+      ref_state, _ = ref.restore(epoch=b)
+      jax.tree.map(np.testing.assert_array_equal, state["params"], ref_state["params"])
+      assert meta["epoch"] == b and meta["best"] == got[k]["best"]
+    finally:
+      ckpt.close()
+      ref.close()
