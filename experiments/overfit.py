@@ -6,7 +6,8 @@ rate, over several seeds; each (setting, seed) writes a run folder, and the
 study writes tables (Markdown, CSV, LaTeX: mean ± std and a 95% interval
 over seeds) and plots (train/validation curves per placement, gap vs rate).
 The runs of the grid share one model shape, so they train K at a time in one
-vmapped, jitted step (``--group-size``), compiled once for every rate.
+jitted step (``--group-size``), compiled once for every rate; on a CPU each
+device loops over its share of them one at a time (``--runs-at-once``).
 
 Command (the main job; GunPoint is the default dataset)::
 
@@ -21,10 +22,11 @@ Runtime on a 2-core CPU (JAX 0.10.2, all 85 runs of the default grid:
 (no dropout + 4 placements x 4 rates) x 5 seeds), one JAX device
 (``LSTMDROP_CPU_DEVICES=1``): GunPoint 27.6 min (31.4 min when repeated
 from a fresh clone, same tables), synthetic 38.3 min (37.4 repeated, same
-tables); ``--quick`` (18 runs) 1.4 min. The default, one device per core:
-GunPoint 27.7 min (commit 898b746); 1.38x faster than one device on the
-40-epoch grid (``scripts/bench_cores.py``, commit 7259e8f), with tables that
-differ in rounding grown by training (docs/PERFORMANCE.md).
+tables); ``--quick`` (18 runs) 1.4 min. The default, one device per core,
+each looping over its runs one at a time: GunPoint 12.8 min (commit
+215b3b7); 1.42x faster than one device on the 40-epoch grid
+(``scripts/bench_cores.py``), with tables that differ in rounding grown by
+training (docs/PERFORMANCE.md).
 
 Result (mean over 5 seeds; full tables in docs/overfit.md, reading in
 README.md): without dropout the 2x64 LSTM reaches train accuracy 1.000 on
@@ -71,7 +73,7 @@ class Args:
   learning_rate: float = 2e-3
   eval_every: int = 5
   group_size: int = 0
-  """Runs trained together in one vmapped step (0: the whole grid)."""
+  """Runs trained together in one compiled step (0: the whole grid)."""
   parallel: str = "auto"
   """How devices share a group: 'data' (split batches), 'runs' (whole runs per device), or
   'auto' (runs when a group has at least as many runs as devices, on a CPU)."""

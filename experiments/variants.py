@@ -69,7 +69,7 @@ class Args:
   learning_rate: float = 2e-3
   eval_every: int = 5
   group_size: int = 0
-  """Runs trained together in one vmapped step (0: every run of a dataset)."""
+  """Runs trained together in one compiled step (0: every run of a dataset)."""
   cpu_devices: int | None = None
   """CPU: present the CPU as this many JAX devices (default: one per usable core, or
   $LSTMDROP_CPU_DEVICES; 1 switches it off)."""

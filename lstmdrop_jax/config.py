@@ -91,9 +91,10 @@ class Config:
   mc_samples: int = 0
   """Classification: also score the best checkpoint with this many Monte-Carlo dropout passes."""
   checkpoint_every: int = 10
-  """Checkpoint every this many epochs, at each better validation score, and at the end.
-  0 writes no checkpoints: the run cannot resume (for a machine whose disk does not
-  outlast the call), and ``mc_samples`` is unavailable."""
+  """Checkpoint every this many epochs and at the end; the best-scoring state since the
+  last checkpoint is written as the best checkpoint with the next one. 0 writes no
+  checkpoints: the run cannot resume (for a machine whose disk does not outlast the
+  call), and ``mc_samples`` is unavailable."""
   keep_checkpoints: int = 2
   """How many of the latest checkpoints to keep (the best is kept besides)."""
 

@@ -31,11 +31,12 @@ off). Library functions never change that setting; they use the devices they
 find. With several CPU devices, ``parallel="auto"`` (``plan``) gives each
 core whole runs when a group has at least as many runs as cores (the group
 padded with copies of its first run, whose results are discarded), else
-splits the batch over as many cores as divide it. Either differs from one
-device in float rounding, as any change of device count does: a split batch
-sums its gradient in parts and keeps some matmuls 3-D
-(``fused.project_steps``), and XLA compiles a device's share of whole runs
-as a smaller group (docs/PERFORMANCE.md).
+splits the batch over as many cores as divide it; each device loops over
+its runs one at a time (``map_runs``). Either differs from one device in
+float rounding, as any change of device count does: a split batch sums its
+gradient in parts and keeps some matmuls 3-D (``fused.project_steps``), and
+XLA compiles each device's loop over its share of the runs on its own
+(docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Sweeps: a grid of runs from one command, trained in vmapped groups, then the tables.
+"""Sweeps: a grid of runs from one command, trained in compiled groups, then the tables.
 
 A sweep is a base ``Config`` and what varies around it: dropout settings
 (none, one placement alone, or all three) at some rates, seeds, and the
 values of any other config field. Points that differ only per run (seed,
-dropout rates) train together in one vmapped step; each other combination of
+dropout rates) train together in one compiled step; each other combination of
 field values is its own group. Every point writes its own run folder under
 ``OUT/runs/`` (re-running resumes and skips finished ones), then
 ``report.build_report`` writes the tables and plots to ``OUT``.
@@ -226,7 +226,7 @@ class _Cli:
   vary: tuple[str, ...] = ()
   """Other fields to vary, as FIELD=V1,V2 (e.g. hidden=32,64 or dropout.recurrent=0,0.2)."""
   group_size: int = 0
-  """Most runs trained together in one vmapped step (0: every stackable point)."""
+  """Most runs trained together in one compiled step (0: every stackable point)."""
   parallel: str = "auto"
   """How devices share a group: 'data' (split batches), 'runs' (whole runs per device), or
   'auto' (runs when a group has at least as many runs as devices, on a CPU)."""
