@@ -19,14 +19,14 @@ Outputs go to ``results/overfit_<dataset>/`` (``runs/`` holds the run
 folders; re-running resumes and skips finished runs).
 
 Runtime on a 2-core CPU (JAX 0.10.2, all 85 runs of the default grid:
-(no dropout + 4 placements x 4 rates) x 5 seeds), one JAX device
-(``LSTMDROP_CPU_DEVICES=1``): GunPoint 27.6 min (31.4 min when repeated
+(no dropout + 4 placements x 4 rates) x 5 seeds), one JAX device with
+the whole grid vmapped (earlier code, ``LSTMDROP_CPU_DEVICES=1``; now also
+``--runs-at-once 85``): GunPoint 27.6 min (31.4 min when repeated
 from a fresh clone, same tables), synthetic 38.3 min (37.4 repeated, same
 tables); ``--quick`` (18 runs) 1.4 min. The default, one device per core,
 each looping over its runs one at a time: GunPoint 12.8 min (commit
-215b3b7); 1.42x faster than one device on the 40-epoch grid
-(``scripts/bench_cores.py``), with tables that differ in rounding grown by
-training (docs/PERFORMANCE.md).
+215b3b7; one device, looping too: 18.6 min), with tables that differ in
+rounding grown by training (docs/PERFORMANCE.md).
 
 Result (mean over 5 seeds; full tables in docs/overfit.md, reading in
 README.md): without dropout the 2x64 LSTM reaches train accuracy 1.000 on
