@@ -262,8 +262,9 @@ def map_runs(fn: Any, mode: str, mesh: Mesh, *, runs: int, at_once: int | None =
   one on a CPU, all on an accelerator. A CPU gains nothing from wide vmaps
   (its cores are already split by whole runs or by batch), and one run's
   arrays stay in its caches where a group's do not: the over-fitting grid's
-  85 runs train 1.4 times as fast one at a time (docs/PERFORMANCE.md). A run
-  computed alone in its pass also rounds as it does trained on its own.
+  85 runs train 1.19 times as fast one at a time on one device, and 1.68
+  times with a device per core (docs/PERFORMANCE.md). A run computed alone
+  in its pass also rounds as it does trained on its own.
 
   Raises:
     ValueError: ``at_once`` below 1.
