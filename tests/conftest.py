@@ -93,13 +93,17 @@ def folder_state(workdir: Path) -> dict:
   return out
 
 
-def _assert_same_folder(got: Path, want: Path) -> None:
-  """Two run folders hold the same files, log, summary and checkpoints (wall times aside)."""
+def _assert_same_folder(got: Path, want: Path, *, but: tuple[str, str] | None = None) -> None:
+  """Two run folders hold the same files, log, summary and checkpoints (wall times aside).
+
+  ``but``: ``(checkpoint, field)``, e.g. ``("last/2", "dropout")``, a state field not compared.
+  """
   a, b = folder_state(got), folder_state(want)
   assert a.keys() == b.keys()
   for k in a:
     if "/" in k:  # a checkpoint: (state, meta)
-      jax.tree.map(np.testing.assert_array_equal, a[k][0], b[k][0])
+      skip = lambda state, k=k: dict(state, **{but[1]: None}) if but and but[0] == k else state
+      jax.tree.map(np.testing.assert_array_equal, skip(a[k][0]), skip(b[k][0]))
       assert a[k][1] == b[k][1], k
     else:
       assert a[k] == b[k], k

@@ -13,7 +13,6 @@ import re
 import shutil
 from pathlib import Path
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -312,7 +311,7 @@ def test_the_start_record_counts_the_tokens_used(tmp_path):
   assert start["tokens"] == {"train": 3000, "valid": 2000, "test": 2000}
 
 
-def test_a_checkpoint_written_by_an_older_version_resumes(tmp_path, reference_run):
+def test_a_checkpoint_written_by_an_older_version_resumes(tmp_path, reference_run, same_folder):
   """Older versions saved the train state's dropout rates with six placements; the rates
   come from the config, so such a checkpoint resumes exactly."""
   from lstmdrop_jax.checkpoint import RunCheckpoints
@@ -333,15 +332,5 @@ def test_a_checkpoint_written_by_an_older_version_resumes(tmp_path, reference_ru
     warnings.simplefilter("error", UserWarning)
     train_and_evaluate(SMALL_RUN, workdir, progress=False)  # extended to 4 epochs
   # The same folder, but for the older form of epoch 2's rates, which is kept.
-  got, want = folder_state(workdir), folder_state(reference_run)
-  assert len(got["last/2"][0]["dropout"]) == 6
-  for k in got:
-    got[k] = (dict(got[k][0], dropout=None), got[k][1]) if k == "last/2" else got[k]
-    want[k] = (dict(want[k][0], dropout=None), want[k][1]) if k == "last/2" else want[k]
-  assert got.keys() == want.keys()
-  for k in got:
-    if "/" in k:
-      jax.tree.map(np.testing.assert_array_equal, got[k][0], want[k][0])
-      assert got[k][1] == want[k][1], k
-    else:
-      assert got[k] == want[k], k
+  assert len(folder_state(workdir)["last/2"][0]["dropout"]) == 6
+  same_folder(workdir, reference_run, but=("last/2", "dropout"))
