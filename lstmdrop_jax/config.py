@@ -169,6 +169,8 @@ class Config:
     drop = self.dropout
     d["dropout"] = {n: float(getattr(drop, n)) for n in RATE_FIELDS}
     d["dropout"]["time_locked"] = list(drop.time_locked)
+    if drop.per_gate:  # written only when set: older run folders read the same
+      d["dropout"]["per_gate"] = True
     return d
 
   @classmethod

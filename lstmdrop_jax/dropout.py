@@ -29,6 +29,13 @@ it. The placements:
 * ``rnndrop``: one mask per sequence on the cell state c (Moon et al.,
   2015); see ``fused.py`` for its scaling.
 
+``per_gate`` draws the masks on a layer's input (``input``, ``between``) and
+on ``h_{t-1}`` (``recurrent``) once per gate: each of the four gates sees its
+own dropped copy, as in Gal & Ghahramani's (2016) "untied weights" LSTM. With
+one mask shared by the gates (the default), a dropped unit is hidden from the
+whole layer; with one per gate, from all four gates only with probability
+``rate**4``.
+
 Rates may be Python floats (checked: ``0 <= rate < 1``; a rate of exactly 0
 compiles to nothing) or JAX scalars, so a jitted step can take rates as traced
 arguments and compile once for a whole grid of rates. ``DropoutConfig`` is a
@@ -165,6 +172,8 @@ class _DropoutConfigMethods:
       )
     # Normalised to a tuple in registry order (hashable, JSON- and CLI-friendly).
     object.__setattr__(self, "time_locked", tuple(p for p in LOCKABLE if p in locked))
+    if not isinstance(self.per_gate, bool):
+      raise ValueError(f"per_gate must be True or False, got {self.per_gate!r}")
 
   @classmethod
   def from_placements(cls, rates: dict[str, Any], **kwargs) -> DropoutConfig:
@@ -185,6 +194,12 @@ class _DropoutConfigMethods:
     """Whether ``placement`` draws one mask per sequence: a bool, or (in a group of
     runs that differ in it, ``GroupDropout``) each run's traced flag."""
     return placement in self.time_locked
+
+  def is_per_gate(self) -> Any:
+    """Whether the masks on a layer's input and on ``h_{t-1}`` differ by gate: a bool,
+    or (in a group of runs that differ in it, ``GroupDropout``) each run's traced flag.
+    Where this is not False the masks have a gate axis (``gate_mask``)."""
+    return self.per_gate
 
   def member(self, run: DropoutConfig) -> DropoutConfig:
     """``run``'s dropout in the form of a group whose dropout is this one (``union``):
@@ -211,7 +226,7 @@ class _DropoutConfigMethods:
     concrete zero elsewhere (so those compile to nothing); ``time_locked`` is this one's."""
     active = self.active()
     values = {n: getattr(rates, n) if n in active else 0.0 for n in RATE_FIELDS}
-    return self.tree_unflatten(self.time_locked, tuple(values.values()))
+    return self.tree_unflatten(self._static(), tuple(values.values()))
 
   @classmethod
   def union(cls, configs: Sequence[DropoutConfig]) -> DropoutConfig:
@@ -221,10 +236,16 @@ class _DropoutConfigMethods:
     rates = {n: max(float(getattr(c, n)) for c in configs) for n in RATE_FIELDS}
     every = [p for p in LOCKABLE if all(p in c.time_locked for c in configs)]
     some = [p for p in LOCKABLE if p not in every and any(p in c.time_locked for c in configs)]
-    if not some:
-      return DropoutConfig(**rates, time_locked=tuple(every))
+    gates = {c.per_gate for c in configs}
+    if not some and len(gates) == 1:
+      return DropoutConfig(**rates, time_locked=tuple(every), per_gate=gates.pop())
     return GroupDropout(
-      **rates, time_locked=tuple(every), per_run=tuple(some), locks=(False,) * len(some)
+      **rates,
+      time_locked=tuple(every),
+      per_gate=True in gates,
+      per_run=tuple(some),
+      locks=(False,) * len(some),
+      gate_flag=False if len(gates) > 1 else None,
     )
 
   def replace(self, **changes) -> DropoutConfig:
@@ -238,16 +259,20 @@ class _DropoutConfigMethods:
     """
     return self.replace(**{n: jnp.asarray(getattr(self, n), dtype) for n in RATE_FIELDS})
 
-  # Pytree protocol: the rates are leaves, ``time_locked`` is static.
+  # Pytree protocol: the rates are leaves, ``time_locked`` and ``per_gate`` are static.
+  def _static(self) -> tuple:
+    return self.time_locked, self.per_gate
+
   def tree_flatten(self):
-    return tuple(getattr(self, n) for n in RATE_FIELDS), self.time_locked
+    return tuple(getattr(self, n) for n in RATE_FIELDS), self._static()
 
   @classmethod
-  def tree_unflatten(cls, time_locked, rates):
+  def tree_unflatten(cls, static, rates):
     obj = object.__new__(cls)  # skip validation: leaves may be tracers or sentinels
     for name, rate in zip(RATE_FIELDS, rates, strict=True):
       object.__setattr__(obj, name, rate)
-    object.__setattr__(obj, "time_locked", time_locked)
+    object.__setattr__(obj, "time_locked", static[0])
+    object.__setattr__(obj, "per_gate", static[1])
     return obj
 
 
@@ -257,11 +282,20 @@ _LOCKED_HELP = (
   f"{', '.join(PLACEMENTS)}, False none"
 )
 
+_PER_GATE_HELP = (
+  "draw the masks on each layer's input (input, between) and on h_{t-1} (recurrent) once per "
+  "gate, as Gal & Ghahramani's untied-weights LSTM, instead of one mask shared by the four "
+  "gates"
+)
+
 DropoutConfig = jax.tree_util.register_pytree_node_class(
   dataclasses.make_dataclass(
     "DropoutConfig",
     [(p.name, Annotated[float, Doc(f"Rate on {p.acts_on}.")], 0.0) for p in REGISTRY]
-    + [("time_locked", Annotated[bool | tuple[str, ...], Doc(_LOCKED_HELP)], False)],
+    + [
+      ("time_locked", Annotated[bool | tuple[str, ...], Doc(_LOCKED_HELP)], False),
+      ("per_gate", Annotated[bool, Doc(_PER_GATE_HELP)], False),
+    ],
     bases=(_DropoutConfigMethods,),
     frozen=True,
   )
@@ -273,16 +307,20 @@ DropoutConfig.__module__ = __name__
 @dataclasses.dataclass(frozen=True)
 class GroupDropout(DropoutConfig):
   """The dropout of a group of runs trained together that differ in which placements
-  are time-locked (``DropoutConfig.union`` makes it).
+  are time-locked, or in ``per_gate`` (``DropoutConfig.union`` makes it).
 
   ``time_locked`` names what every run locks; each placement of ``per_run`` is
   locked or not by the run's own flag in ``locks``, a leaf like the rates, so the
   runs share one compiled step. Such a placement draws both masks and keeps one
   per run (``sequence_mask``), so a run draws exactly the masks it draws alone.
+  Likewise ``gate_flag`` (None when the runs agree on ``per_gate``) is each run's
+  ``per_gate`` as a leaf; the group's masks then have a gate axis, and a run
+  without per-gate masks repeats its one mask over it (``gate_mask``).
   """
 
   per_run: tuple[str, ...] = ()
   locks: tuple[Any, ...] = ()
+  gate_flag: Any = None
 
   def __post_init__(self):
     super().__post_init__()
@@ -292,36 +330,61 @@ class GroupDropout(DropoutConfig):
         f"GroupDropout: per_run {self.per_run} must name lockable placements not in "
         f"time_locked, with one lock each (got {len(self.locks)})"
       )
+    if self.gate_flag is not None and not self.per_gate:
+      raise ValueError("GroupDropout: a per-run gate_flag needs per_gate=True (the gate axis)")
+    # Static: whether gate_flag is a leaf (its value may be None in a tree of non-arrays).
+    object.__setattr__(self, "_gated", self.gate_flag is not None)
 
   def is_time_locked(self, placement: str) -> Any:
     if placement in self.per_run:
       return self.locks[self.per_run.index(placement)]
     return placement in self.time_locked
 
+  def is_per_gate(self) -> Any:
+    return self.gate_flag if self._gated else self.per_gate
+
+  def _flags(self) -> tuple:
+    return (*self.locks, *((self.gate_flag,) if self._gated else ()))
+
+  def _with_flags(self, rates: DropoutConfig) -> GroupDropout:
+    """This group's form of ``rates`` (a run's config, or a group's): its rates, and its
+    locks and per-gate flag for the placements that are per run here."""
+    values = [getattr(rates, n) for n in RATE_FIELDS]
+    locks = [rates.is_time_locked(p) for p in self.per_run]
+    gate = (rates.is_per_gate(),) if self._gated else ()
+    return self.tree_unflatten(self._static(), (*values, *locks, *gate))
+
   def member(self, run: DropoutConfig) -> GroupDropout:
-    rates = {n: getattr(run, n) for n in RATE_FIELDS}
-    locks = tuple(run.is_time_locked(p) for p in self.per_run)
-    return GroupDropout(**rates, time_locked=self.time_locked, per_run=self.per_run, locks=locks)
+    return self._with_flags(run)
 
   def with_rates_of(self, rates: DropoutConfig) -> GroupDropout:
     active = self.active()
-    values = [getattr(rates, n) if n in active else 0.0 for n in RATE_FIELDS]
-    locks = [rates.is_time_locked(p) for p in self.per_run]
-    return self.tree_unflatten((self.time_locked, self.per_run), (*values, *locks))
+    out = self._with_flags(rates)
+    for n in RATE_FIELDS:
+      if n not in active:
+        object.__setattr__(out, n, 0.0)
+    return out
 
   def as_arrays(self, dtype=jnp.float32) -> GroupDropout:
-    return super().as_arrays(dtype).replace(locks=tuple(jnp.asarray(f, bool) for f in self.locks))
+    leaves, static = jax.tree.flatten(super().as_arrays(dtype))
+    n = len(RATE_FIELDS)
+    return jax.tree.unflatten(static, [*leaves[:n], *(jnp.asarray(f, bool) for f in leaves[n:])])
+
+  def _static(self) -> tuple:
+    return self.time_locked, self.per_gate, self.per_run, self._gated
 
   def tree_flatten(self):
-    rates, _ = super().tree_flatten()
-    return (*rates, *self.locks), (self.time_locked, self.per_run)
+    return (*(getattr(self, n) for n in RATE_FIELDS), *self._flags()), self._static()
 
   @classmethod
-  def tree_unflatten(cls, aux, leaves):
-    time_locked, per_run = aux
-    obj = super().tree_unflatten(time_locked, leaves[: len(RATE_FIELDS)])
+  def tree_unflatten(cls, static, leaves):
+    time_locked, per_gate, per_run, gated = static
+    n = len(RATE_FIELDS)
+    obj = super().tree_unflatten((time_locked, per_gate), leaves[:n])
     object.__setattr__(obj, "per_run", per_run)
-    object.__setattr__(obj, "locks", tuple(leaves[len(RATE_FIELDS) :]))
+    object.__setattr__(obj, "locks", tuple(leaves[n : n + len(per_run)]))
+    object.__setattr__(obj, "gate_flag", leaves[n + len(per_run)] if gated else None)
+    object.__setattr__(obj, "_gated", gated)
     return obj
 
 
@@ -404,21 +467,43 @@ def zone_mask(key: Array, rate: Any, shape: tuple[int, ...]) -> Array:
 
 
 def sequence_mask(
-  key: Array, rate: Any, shape_TBF: tuple[int, int, int], time_locked: bool, *, bits16=False
+  key: Array, rate: Any, shape_TBF: tuple[int, ...], time_locked: Any, *, bits16=False
 ) -> Array:
-  """Keep-mask for a time-major ``[T, B, F]`` block.
+  """Keep-mask for a time-major ``[T, B, F]`` block (or ``[T, B, ...]``).
 
   Per-step masks are drawn for the whole block in one call; a time-locked
   mask is ``[1, B, F]`` and broadcasts over time. ``time_locked`` may be a
-  traced flag (``GroupDropout``): then the mask is ``[T, B, F]`` either way. ``bits16``: drawn with
-  ``keep_mask16``.
+  traced flag (``GroupDropout``): then the mask is ``[T, B, F]`` either way.
+  ``bits16``: drawn with ``keep_mask16``.
   """
-  T, B, F = shape_TBF
+  T, *rest = shape_TBF
   draw = keep_mask16 if bits16 else keep_mask
   if isinstance(time_locked, bool):
-    return draw(key, rate, (1, B, F) if time_locked else (T, B, F))
+    return draw(key, rate, (1, *rest) if time_locked else (T, *rest))
   # A run's flag (``GroupDropout``): both masks, from the key either draws alone.
-  return jnp.where(time_locked, draw(key, rate, (1, B, F)), draw(key, rate, (T, B, F)))
+  return jnp.where(time_locked, draw(key, rate, (1, *rest)), draw(key, rate, (T, *rest)))
+
+
+#: The gates of an LSTM layer (the blocks of its 4H axis, in order i, f, g, o).
+GATES = 4
+
+
+def gate_mask(
+  key: Array, rate: Any, shape_TBF: tuple[int, int, int], time_locked: Any, per_gate: Any
+) -> Array:
+  """Keep-mask for a layer input ``[T, B, F]`` as its four gates see it: ``[T, B, 4, F]``
+  (``[1, B, 4, F]`` time-locked).
+
+  ``per_gate`` True draws one mask per gate; False draws the ``[T, B, F]`` mask of
+  ``sequence_mask`` (the same bits) and repeats it over the gates; a traced flag
+  (``GroupDropout``) draws both and keeps one, so a run draws what it draws alone.
+  """
+  T, B, F = shape_TBF
+  shared = sequence_mask(key, rate, shape_TBF, time_locked)[:, :, None, :]
+  if per_gate is False:
+    return jnp.broadcast_to(shared, (shared.shape[0], B, GATES, F))
+  own = sequence_mask(key, rate, (T, B, GATES, F), time_locked)
+  return own if per_gate is True else jnp.where(per_gate, own, shared)
 
 
 def apply_mask(x: Array, keep: Array, rate: Any) -> Array:

@@ -35,6 +35,12 @@ With the step's candidate state ``c~ = k (f c_{t-1} + i (u g))`` and output
 
 A variant that is off is absent from ``cell`` and adds nothing to the
 compiled loop.
+
+Per-gate recurrent masks (``DropoutConfig.per_gate``): ``scale`` is
+``[B, 4, H]`` and gate k's block of ``z`` is ``(h_{t-1} * scale[:, k]) @
+W_hh[:, k]``, one batched matmul over the gates; on the way back ``dL/dh_{t-1}
+= sum_k (dz_k @ W_hh[:, k]^T) * scale[:, k]``, and the weight gradient is one
+batched contraction over all steps after the loop, as without.
 """
 
 from __future__ import annotations
@@ -94,6 +100,19 @@ def project_steps(x_TBF: Array, w_FG: Array, out_dtype: Any) -> Array:
   return out.reshape(T, B, -1)
 
 
+def project_gate_steps(x_TBKF: Array, w_FG: Array, out_dtype: Any) -> Array:
+  """Each gate's copy of the input times its block of ``w_FG``, for every step:
+  ``[T, B, K, F] @ [F, K*H]`` gate by gate, ``[T, B, K*H]`` (per-gate input masks)."""
+  T, B, K, F = x_TBKF.shape
+  w_FKH = w_FG.reshape(F, K, -1)
+  if not _flatten_time_and_batch():
+    out = jnp.einsum("tbkf,fkh->tbkh", x_TBKF, w_FKH, preferred_element_type=out_dtype)
+  else:
+    x = x_TBKF.reshape(T * B, K, F)
+    out = jnp.einsum("nkf,fkh->nkh", x, w_FKH, preferred_element_type=out_dtype)
+  return out.reshape(T, B, -1)
+
+
 def contract_steps(a_TBH: Array, b_TBG: Array, out_dtype: Any) -> Array:
   """``sum over t, b of a[t, b]^T b[t, b]``: ``[H, G]`` (a weight gradient)."""
   if not _flatten_time_and_batch():
@@ -102,6 +121,37 @@ def contract_steps(a_TBH: Array, b_TBG: Array, out_dtype: Any) -> Array:
   return jnp.dot(
     a_TBH.reshape(T * B, -1).T, b_TBG.reshape(T * B, -1), preferred_element_type=out_dtype
   )
+
+
+def contract_gate_steps(a_TBKH: Array, b_TBG: Array, out_dtype: Any) -> Array:
+  """``contract_steps`` gate by gate: block k of the ``[H, K*H]`` result is
+  ``sum over t, b of a[t, b, k]^T b[t, b, block k]``."""
+  T, B, K, H = a_TBKH.shape
+  b_TBKG = b_TBG.reshape(T, B, K, -1)
+  if not _flatten_time_and_batch():
+    out = jnp.einsum("tbkh,tbkg->hkg", a_TBKH, b_TBKG, preferred_element_type=out_dtype)
+  else:
+    a, b = a_TBKH.reshape(T * B, K, H), b_TBKG.reshape(T * B, K, -1)
+    out = jnp.einsum("nkh,nkg->hkg", a, b, preferred_element_type=out_dtype)
+  return out.reshape(H, -1)
+
+
+def _recurrent_input(h_BH: Array, scale: Array | None) -> Array:
+  """``h_{t-1}`` as the recurrent matmul takes it: ``[B, H]``, or ``[B, 4, H]`` with
+  per-gate masks (``scale`` ``[B, 4, H]``)."""
+  if scale is None:
+    return h_BH
+  return (h_BH[:, None, :] if scale.ndim == 3 else h_BH) * scale
+
+
+def _recurrent_matmul(h_in: Array, kernel_hh: Array, out_dtype: Any) -> Array:
+  """``h_in @ kernel_hh``: ``[B, 4H]``; a per-gate ``h_in`` ``[B, 4, H]`` meets its gate's
+  block only."""
+  if h_in.ndim == 2:
+    return jnp.dot(h_in, kernel_hh, preferred_element_type=out_dtype)
+  B, K, H = h_in.shape
+  w_HKG = kernel_hh.reshape(H, K, -1)
+  return jnp.einsum("bkh,hkg->bkg", h_in, w_HKG, preferred_element_type=out_dtype).reshape(B, -1)
 
 
 def gate_activations(z_BG: Array) -> Array:
@@ -153,8 +203,8 @@ def _step(h, c, xw_BG, valid_B, kernel_hh, scale_BH, cdt, cell_t=None):
   for the plain LSTM.
   """
   m = cell_t or {}
-  h_in = h if scale_BH is None else h * scale_BH
-  z = xw_BG + jnp.dot(h_in.astype(cdt), kernel_hh, preferred_element_type=xw_BG.dtype)
+  h_in = _recurrent_input(h, scale_BH)
+  z = xw_BG + _recurrent_matmul(h_in.astype(cdt), kernel_hh, xw_BG.dtype)
   act = gate_activations(z)
   i, f, g, o = jnp.split(act, 4, axis=-1)
   if "semeniuta" in m:
@@ -219,7 +269,8 @@ def lstm_recurrence(
     h0, c0: ``[B, H]`` initial carry (float32).
     valid_TB: bool ``[T, B]``, False at padded steps (which leave the carry
       unchanged and emit zeros), or None.
-    scale_BH: recurrent dropout scale on ``h_{t-1}`` (0 or ``1/(1-p)``), or None.
+    scale_BH: recurrent dropout scale on ``h_{t-1}`` (0 or ``1/(1-p)``), ``[B, H]``
+      or per gate ``[B, 4, H]``, or None.
     cell: the in-cell variants' masks (module doc), or None.
     unroll: time steps per scan iteration.
 
@@ -276,7 +327,9 @@ def _bwd(unroll, saved, cotangents):
   per_step, invariant = _split_cell(cell)
   h_prev = _shift_in(h0, hs)
   cdt = kernel_hh.dtype
+  gated = scale_BH is not None and scale_BH.ndim == 3
   kernel_t = kernel_hh.T
+  w_HKG = kernel_hh.reshape(kernel_hh.shape[0], 4, -1) if gated else None
   # With u = dL/dh_t and w = dL/dc_t (zoneout: hu = u (1 - z_h), w (1 - z_c)):
   #   dc~ = w + hu * A,  dz = [dc~, dc~, dc~, hu] * coef,
   #   dL/dc_{t-1} = dc~ * ft (+ w z_c),  dL/dh_{t-1} = dz @ W_hh^T (* scale) (+ u z_h)
@@ -297,8 +350,13 @@ def _bwd(unroll, saved, cotangents):
     w_kept, wc = (None, w) if zc is None else _split_by(zc, w)
     w_total = wc + hu * a
     dz = jnp.concatenate([w_total, w_total, w_total, hu], -1) * cf
-    dh_in = jnp.dot(dz.astype(cdt), kernel_t, preferred_element_type=dz.dtype)
-    dh_prev = dh_in if scale_BH is None else dh_in * scale_BH
+    if gated:  # each gate's block back through its kernel block and its mask
+      dz_BKG = dz.reshape(dz.shape[0], 4, -1).astype(cdt)
+      dh_in = jnp.einsum("bkg,hkg->bkh", dz_BKG, w_HKG, preferred_element_type=dz.dtype)
+      dh_prev = jnp.sum(dh_in * scale_BH, axis=1)
+    else:
+      dh_in = jnp.dot(dz.astype(cdt), kernel_t, preferred_element_type=dz.dtype)
+      dh_prev = dh_in if scale_BH is None else dh_in * scale_BH
     dc_prev = w_total * ft_t
     if u_kept is not None:
       dh_prev = dh_prev + u_kept
@@ -310,12 +368,19 @@ def _bwd(unroll, saved, cotangents):
 
   xs = (dys, A, coef, ft, v_TB1, per_step)
   (dh0, dc0), (dz_TBG, dh_in_TBH) = jax.lax.scan(body, (dhT, dcT), xs, reverse=True, unroll=unroll)
-  h_in = h_prev if scale_BH is None else h_prev * scale_BH
   # The weight gradient: one [H, T*B] @ [T*B, 4H] matmul over all steps,
-  # outside the loop.
-  dkernel = contract_steps(h_in.astype(cdt), dz_TBG.astype(cdt), jnp.float32)
+  # outside the loop (per gate: one per gate's block, batched).
+  if gated:
+    h_in = h_prev[:, :, None, :] * scale_BH
+    dkernel = contract_gate_steps(h_in.astype(cdt), dz_TBG.astype(cdt), jnp.float32)
+  else:
+    h_in = h_prev if scale_BH is None else h_prev * scale_BH
+    dkernel = contract_steps(h_in.astype(cdt), dz_TBG.astype(cdt), jnp.float32)
   dkernel = dkernel.astype(kernel_hh.dtype)
-  dscale = None if scale_BH is None else jnp.sum(dh_in_TBH * h_prev, axis=0)
+  if scale_BH is None:
+    dscale = None
+  else:
+    dscale = jnp.sum(dh_in_TBH * (h_prev[:, :, None, :] if gated else h_prev), axis=0)
   dcell = None if cell is None else jax.tree.map(jnp.zeros_like, cell)  # masks: no gradient
   return dz_TBG, dkernel, dh0, dc0, None, dscale, dcell
 

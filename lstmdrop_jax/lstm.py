@@ -17,6 +17,11 @@ PyTorch's ``weight_ih_l{k}`` / ``weight_hh_l{k}``, and equal Keras's
   c_t = f * c_{t-1} + i * g
   h_t = o * tanh(c_t)
 
+With per-gate masks (``DropoutConfig.per_gate``) a layer's input arrives as
+``[T, B, 4, F]``, the copy each gate sees, and ``h_{t-1}``'s mask is
+``[B, 4, H]``; gate k's block of ``z`` then takes its own copy and kernel
+block (Gal & Ghahramani's untied-weights LSTM).
+
 Speed: ``x @ kernel_ih + bias`` for every step is one matmul *before* the
 scan, so the scan body holds only the ``[B, H] @ [H, 4H]`` recurrent matmul
 and the gate arithmetic. Matmuls run in ``compute_dtype`` with float32
@@ -128,7 +133,9 @@ class LSTMLayer(_LayerSettings, kw_only=True):
   ) -> tuple[tuple[Array, Array], Array]:
     """Returns the final ``(h, c)`` and the outputs ``[T, B, H]`` (float32).
 
-    ``cell``: the masks of the in-cell variants (``fused.CELL_VARIANTS``).
+    ``x_TBF``: ``[T, B, F]``, or ``[T, B, 4, F]`` with each gate's own copy
+    (per-gate input masks). ``recurrent_scale_BH``: ``[B, H]``, or ``[B, 4, H]``
+    per gate. ``cell``: the masks of the in-cell variants (``fused.CELL_VARIANTS``).
     """
     H, F = self.hidden, x_TBF.shape[-1]
     if self.has_variable("params", "kernel_ih"):
@@ -151,7 +158,8 @@ class LSTMLayer(_LayerSettings, kw_only=True):
 
     cdt = self.compute_dtype
     # Hoisted input projection: one matmul for all T steps.
-    xw_TBG = fused.project_steps(x_TBF.astype(cdt), kernel_ih.astype(cdt), state_dtype(cdt))
+    project = fused.project_steps if x_TBF.ndim == 3 else fused.project_gate_steps
+    xw_TBG = project(x_TBF.astype(cdt), kernel_ih.astype(cdt), state_dtype(cdt))
     xw_TBG = xw_TBG + bias.astype(xw_TBG.dtype)
 
     kernel_hh = kernel_hh.astype(cdt)
@@ -269,13 +277,16 @@ class LSTMStack(_LayerSettings, kw_only=True):
       key = self.make_rng("dropout")
 
     def drop_seq(x_TBF, placement, layer):
+      """``x_TBF`` after ``placement``'s dropout; with per-gate masks on a layer's input,
+      the copies the four gates see, ``[T, B, 4, F]``."""
       rate = getattr(cfg, placement)
       if not drop or dr.is_off(rate):
         return x_TBF
-      keep = dr.sequence_mask(
-        dr.mask_key(key, placement, layer), rate, x_TBF.shape, cfg.is_time_locked(placement)
-      )
-      return dr.apply_mask(x_TBF, keep, rate)
+      mkey, locked = dr.mask_key(key, placement, layer), cfg.is_time_locked(placement)
+      if cfg.per_gate and placement != "output":
+        keep = dr.gate_mask(mkey, rate, x_TBF.shape, locked, cfg.is_per_gate())
+        return dr.apply_mask(x_TBF[:, :, None, :], keep, rate)
+      return dr.apply_mask(x_TBF, dr.sequence_mask(mkey, rate, x_TBF.shape, locked), rate)
 
     x_TBF = drop_seq(jnp.swapaxes(x_BTF, 0, 1), "input", 0)
     new_carry = []
@@ -326,8 +337,14 @@ def _layer_masks(cfg: DropoutConfig, key, layer: int, shape_TBH, dtype) -> dict[
       cell[name] = jnp.asarray(p, dtype) if key is None else dr.zone_mask(mkey(name), p, shape_TBH)
   if key is not None:
     if on("recurrent"):
-      keep = dr.keep_mask(mkey("recurrent"), cfg.recurrent, (B, H))
-      out["recurrent_scale_BH"] = dr.apply_mask(ones((B, H)), keep, cfg.recurrent)
+      per_gate = cfg.is_per_gate() if cfg.per_gate else False
+      keep = None
+      if per_gate is not True:
+        keep = dr.keep_mask(mkey("recurrent"), cfg.recurrent, (B, H))
+      if per_gate is not False:  # [B, 4, H]; a run without per-gate masks repeats its one
+        own = dr.keep_mask(mkey("recurrent"), cfg.recurrent, (B, dr.GATES, H))
+        keep = own if keep is None else jnp.where(per_gate, own, keep[:, None, :])
+      out["recurrent_scale_BH"] = dr.apply_mask(ones(keep.shape), keep, cfg.recurrent)
     if on("weight"):
       out["weight_keep_HG"] = dr.keep_mask(mkey("weight"), cfg.weight, (H, 4 * H))
     if on("semeniuta"):

@@ -71,8 +71,13 @@ def placement_of(config: dict[str, Any]) -> tuple[str, float]:
   """``(setting, rate)`` of a config's dropout: ``none``; one placement alone (any
   of ``REGISTRY``); ``all`` (the stack's three placements at one rate); each with
   `` (locked)`` when its masks are time-locked. Anything else is ``custom`` with
-  its rates spelled out."""
-  d = config["dropout"]
+  its rates spelled out. Per-gate masks add `` (per gate)``."""
+  setting, rate = _placement_of(config["dropout"])
+  per_gate = config["dropout"].get("per_gate") and setting != "none"
+  return setting + (" (per gate)" if per_gate else ""), rate
+
+
+def _placement_of(d: dict[str, Any]) -> tuple[str, float]:
   locked = set(d.get("time_locked", ()))
   on = {p: d.get(p, 0.0) for p in RATE_FIELDS if d.get(p, 0.0)}
   if not on:

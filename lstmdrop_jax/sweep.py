@@ -118,6 +118,7 @@ def groups(points: Sequence[tuple[str, Config]], size: int = 0) -> list[list[tup
     d = c.to_dict()
     key = {k: v for k, v in d.items() if k not in PER_RUN_FIELDS}
     key["time_locked"] = d["dropout"]["time_locked"]
+    key["per_gate"] = d["dropout"].get("per_gate", False)
     by_key.setdefault(json.dumps(key, sort_keys=True), []).append((name, c))
   size = size or len(points)
   return [g[i : i + size] for g in by_key.values() for i in range(0, len(g), size)]

@@ -40,7 +40,9 @@ IMPLS = (*JAX_IMPLS, "torch")
 RATE = 0.5
 #: Dropout of our model (``--dropout``): Zaremba et al.'s three placements (the
 #: default, what the other implementations do), none, or those three plus one
-#: more variant each, to measure what a variant adds to a step.
+#: more variant each, to measure what a variant adds to a step (``variational``:
+#: Gal & Ghahramani's time-locked masks with ``recurrent``; ``untied``: that with
+#: per-gate masks, against ``variational``).
 DROPOUT_PRESETS = {
   "zaremba": dict(input=RATE, between=RATE, output=RATE),
   "none": {},
@@ -55,6 +57,10 @@ DROPOUT_PRESETS = {
     input=RATE, between=RATE, output=RATE, semeniuta=0.25, time_locked=["semeniuta"]
   ),
   "rnndrop": dict(input=RATE, between=RATE, output=RATE, rnndrop=0.25),
+  "variational": dict(input=RATE, between=RATE, output=RATE, recurrent=0.25, time_locked=True),
+  "untied": dict(
+    input=RATE, between=RATE, output=RATE, recurrent=0.25, time_locked=True, per_gate=True
+  ),
 }
 
 

@@ -195,3 +195,37 @@ def test_a_group_differing_in_locking_carries_each_runs_flags_as_leaves():
 
   np.testing.assert_array_equal(jax.jit(mask)(True), np.broadcast_to(mask(True), (6, 4, 8)))
   np.testing.assert_array_equal(jax.jit(mask)(False), mask(False))
+
+
+@pytest.mark.parametrize("locked", [False, True])
+def test_per_gate_masks_differ_by_gate_and_a_shared_one_is_the_usual_mask(locked):
+  key, shape, T = jax.random.key(4), (5, 64, 32), 1 if locked else 5
+  own = dr.gate_mask(key, 0.4, shape, locked, per_gate=True)
+  shared = dr.gate_mask(key, 0.4, shape, locked, per_gate=False)
+  assert own.shape == shared.shape == (T, 64, dr.GATES, 32)
+  # The shared mask is the mask without gates, repeated over them.
+  usual = dr.sequence_mask(key, 0.4, shape, locked)
+  for k in range(dr.GATES):
+    np.testing.assert_array_equal(shared[:, :, k], usual)
+  # Per gate: each gate its own draw, at the rate.
+  for k in range(1, dr.GATES):
+    assert 0.2 < float(jnp.mean(own[:, :, k] != own[:, :, 0])) < 0.6  # 2 p (1 - p) = 0.48
+  assert abs(float(jnp.mean(own)) - 0.6) < 4 * np.sqrt(0.24 / own.size)
+  # A run's traced flag (a group differing in per_gate) draws what the run draws alone.
+  flagged = jax.jit(lambda f: dr.gate_mask(key, 0.4, shape, locked, per_gate=f))
+  np.testing.assert_array_equal(flagged(True), own)
+  np.testing.assert_array_equal(flagged(False), shared)
+
+
+def test_a_group_differing_in_per_gate_carries_each_runs_flag_as_a_leaf():
+  shared = DropoutConfig(input=0.5, recurrent=0.2)
+  gated = shared.replace(per_gate=True)
+  assert DropoutConfig.union([gated, gated]) == gated
+  union = DropoutConfig.union([shared, gated])
+  assert isinstance(union, dr.GroupDropout) and union.per_gate and union.per_run == ()
+  leaves = jax.tree.leaves(union.member(gated).as_arrays())
+  assert len(leaves) == len(dr.REGISTRY) + 1 and bool(leaves[-1])
+  assert union.member(shared).is_per_gate() is False
+  assert union.with_rates_of(union.member(gated)).is_per_gate() is True
+  with pytest.raises(ValueError, match="per_gate must be True or False"):
+    DropoutConfig(input=0.5, per_gate="yes")

@@ -23,10 +23,12 @@ def _inputs(seed=0):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("recurrent", [False, True])
+@pytest.mark.parametrize("recurrent", [False, True, "per_gate"])
 def test_values_and_gradients_match_autodiff(masked, recurrent):
   xw, w, h0, c0, valid, scale, dys = _inputs()
   valid = valid if masked else None
+  if recurrent == "per_gate":  # a mask per gate: [B, 4, H]
+    scale = jax.random.bernoulli(jax.random.key(9), 0.7, (B, 4, H)) / 0.7
   scale = scale if recurrent else None
 
   def loss(f, xw, w, h0, c0, scale):
@@ -57,10 +59,11 @@ def test_bf16_gradients_close_to_autodiff():
     assert np.linalg.norm(a - b) <= 2e-2 * np.linalg.norm(b)
 
 
-def test_stack_fused_and_scan_paths_agree_with_dropout():
+@pytest.mark.parametrize("per_gate", [False, True])
+def test_stack_fused_and_scan_paths_agree_with_dropout(per_gate):
   x = jax.random.normal(jax.random.key(0), (4, 9, 3))
   lengths = jnp.array([9, 3, 6, 1])
-  cfg = DropoutConfig(0.2, 0.3, 0.4, recurrent=0.3, weight=0.2)
+  cfg = DropoutConfig(0.2, 0.3, 0.4, recurrent=0.3, weight=0.2, per_gate=per_gate)
   fused = LSTMStack(hidden=5, layers=2, dropout=cfg, unroll=3)
   scan = fused.clone(impl="scan")
   v = fused.init(jax.random.key(1), x)
@@ -74,6 +77,23 @@ def test_stack_fused_and_scan_paths_agree_with_dropout():
   l2, g2 = jax.value_and_grad(lambda p: loss(scan, p))(v["params"])
   np.testing.assert_allclose(l1, l2, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g1, g2)
+
+
+def test_per_gate_masks_that_agree_over_the_gates_are_the_shared_mask():
+  """The per-gate path (batched over gates) with one mask repeated over the gates computes
+  the shared-mask LSTM; with masks that differ by gate, it computes another function."""
+  xw, w, h0, c0, valid, scale, dys = _inputs(2)
+  repeated = jnp.broadcast_to(scale[:, None, :], (B, 4, H))
+
+  def loss(scale, w):
+    return jnp.sum(lstm_recurrence(xw, w, h0, c0, valid, scale, None, 1)[1] * dys)
+
+  shared, per_gate = jax.value_and_grad(loss, 1)(scale, w), jax.value_and_grad(loss, 1)(repeated, w)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), shared, per_gate
+  )
+  other = jax.random.bernoulli(jax.random.key(5), 0.7, (B, 4, H)) / 0.7
+  assert abs(float(loss(other, w) - shared[0])) > 1e-3
 
 
 def test_unknown_impl_rejected():

@@ -70,6 +70,8 @@ def test_placement_of():
   assert report.placement_of({"dropout": semeniuta}) == ("semeniuta (locked)", 0.2)
   locked = {**z, "output": 0.3, "time_locked": ["output"]}
   assert report.placement_of({"dropout": locked}) == ("output (locked)", 0.3)
+  gated = {**z, "input": 0.5, "output": 0.5, "between": 0.5, "per_gate": True}
+  assert report.placement_of({"dropout": gated}) == ("all (per gate)", 0.5)
   partly = {**z, "input": 0.5, "output": 0.5, "between": 0.5, "time_locked": ["output"]}
   assert report.placement_of({"dropout": partly})[0] == (
     "custom: input 0.5, between 0.5, output 0.5; locked output"

@@ -274,6 +274,37 @@ def test_runs_that_differ_in_time_locking_train_together_as_alone(tmp_path):
     )
 
 
+def test_runs_that_differ_in_per_gate_masks_train_together_as_alone(tmp_path):
+  """A group of a per-gate run and a shared-mask run: the per-gate run equals itself
+  trained alone, bit for bit; the other takes the per-gate path with its one mask
+  repeated over the gates, the same function, equal to rounding."""
+  shared = DropoutConfig(input=0.3, between=0.3, recurrent=0.3, time_locked=True)
+  cfgs = [
+    dataclasses.replace(TINY, epochs=2, seed=0, dropout=shared.replace(per_gate=True)),
+    dataclasses.replace(TINY, epochs=2, seed=1, dropout=shared),
+  ]
+  assert DropoutConfig.union([c.dropout for c in cfgs]).gate_flag is not None
+  train_runs(cfgs, [tmp_path / f"together{k}" for k in range(2)], progress=False)
+  for k, c in enumerate(cfgs):
+    train_and_evaluate(c, tmp_path / f"alone{k}")
+  together, alone = (
+    [_final_params(tmp_path / f"{w}{k}") for k in range(2)] for w in ("together", "alone")
+  )
+  jax.tree.map(np.testing.assert_array_equal, together[0], alone[0])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), together[1], alone[1]
+  )
+  # Per-gate masks are another model: the two seeds' runs would differ anyway, so
+  # compare the per-gate run with its shared-mask twin.
+  twin = dataclasses.replace(cfgs[0], dropout=shared)
+  train_and_evaluate(twin, tmp_path / "twin")
+  differs = jax.tree.map(
+    lambda a, b: not np.allclose(a, b, atol=1e-4), alone[0], _final_params(tmp_path / "twin")
+  )
+  assert any(jax.tree.leaves(differs))
+  assert json.loads((tmp_path / "alone0" / "config.json").read_text())["dropout"]["per_gate"]
+
+
 def test_runs_trained_together_equal_runs_trained_alone(tmp_path):
   """K runs in one compiled step (different seeds and rates) = each run alone, bit for
   bit: on a CPU the step loops over the runs, each computed as it is alone."""
