@@ -491,18 +491,18 @@ GATES = 4
 def gate_mask(
   key: Array, rate: Any, shape_TBF: tuple[int, int, int], time_locked: Any, per_gate: Any
 ) -> Array:
-  """Keep-mask for a layer input ``[T, B, F]`` as its four gates see it: ``[T, B, 4, F]``
-  (``[1, B, 4, F]`` time-locked).
+  """Keep-mask for a layer input ``[T, B, F]`` as its four gates see it, gate-major:
+  ``[4, T, B, F]`` (``[4, 1, B, F]`` time-locked).
 
   ``per_gate`` True draws one mask per gate; False draws the ``[T, B, F]`` mask of
   ``sequence_mask`` (the same bits) and repeats it over the gates; a traced flag
   (``GroupDropout``) draws both and keeps one, so a run draws what it draws alone.
   """
   T, B, F = shape_TBF
-  shared = sequence_mask(key, rate, shape_TBF, time_locked)[:, :, None, :]
+  shared = sequence_mask(key, rate, shape_TBF, time_locked)[None]
   if per_gate is False:
-    return jnp.broadcast_to(shared, (shared.shape[0], B, GATES, F))
-  own = sequence_mask(key, rate, (T, B, GATES, F), time_locked)
+    return jnp.broadcast_to(shared, (GATES, *shared.shape[1:]))
+  own = sequence_mask(key, rate, (T, GATES, B, F), time_locked).transpose(1, 0, 2, 3)
   return own if per_gate is True else jnp.where(per_gate, own, shared)
 
 

@@ -100,17 +100,18 @@ def project_steps(x_TBF: Array, w_FG: Array, out_dtype: Any) -> Array:
   return out.reshape(T, B, -1)
 
 
-def project_gate_steps(x_TBKF: Array, w_FG: Array, out_dtype: Any) -> Array:
-  """Each gate's copy of the input times its block of ``w_FG``, for every step:
-  ``[T, B, K, F] @ [F, K*H]`` gate by gate, ``[T, B, K*H]`` (per-gate input masks)."""
-  T, B, K, F = x_TBKF.shape
-  w_FKH = w_FG.reshape(F, K, -1)
+def project_gate_steps(x_KTBF: Array, w_FG: Array, out_dtype: Any) -> Array:
+  """Each gate's copy of the input (gate-major, per-gate input masks) times its block
+  of ``w_FG``, for every step: ``[K, T, B, F]`` and ``[F, K*H]`` give ``[T, B, K*H]``."""
+  K, T, B, F = x_KTBF.shape
+  w_KFH = w_FG.reshape(F, K, -1).transpose(1, 0, 2)
   if not _flatten_time_and_batch():
-    out = jnp.einsum("tbkf,fkh->tbkh", x_TBKF, w_FKH, preferred_element_type=out_dtype)
-  else:
-    x = x_TBKF.reshape(T * B, K, F)
-    out = jnp.einsum("nkf,fkh->nkh", x, w_FKH, preferred_element_type=out_dtype)
-  return out.reshape(T, B, -1)
+    out = jnp.einsum("ktbf,kfh->tbkh", x_KTBF, w_KFH, preferred_element_type=out_dtype)
+    return out.reshape(T, B, -1)
+  x_KNF = x_KTBF.reshape(K, T * B, F)
+  dims = (((2,), (1,)), ((0,), (0,)))
+  out_KNH = jax.lax.dot_general(x_KNF, w_KFH, dims, preferred_element_type=out_dtype)
+  return out_KNH.transpose(1, 0, 2).reshape(T, B, -1)
 
 
 def contract_steps(a_TBH: Array, b_TBG: Array, out_dtype: Any) -> Array:
@@ -123,35 +124,48 @@ def contract_steps(a_TBH: Array, b_TBG: Array, out_dtype: Any) -> Array:
   )
 
 
-def contract_gate_steps(a_TBKH: Array, b_TBG: Array, out_dtype: Any) -> Array:
+def contract_gate_steps(a_TKBH: Array, b_TBG: Array, out_dtype: Any) -> Array:
   """``contract_steps`` gate by gate: block k of the ``[H, K*H]`` result is
-  ``sum over t, b of a[t, b, k]^T b[t, b, block k]``."""
-  T, B, K, H = a_TBKH.shape
+  ``sum over t, b of a[t, k, b]^T b[t, b, block k]`` (``a`` gate-major)."""
+  T, K, B, H = a_TKBH.shape
   b_TBKG = b_TBG.reshape(T, B, K, -1)
   if not _flatten_time_and_batch():
-    out = jnp.einsum("tbkh,tbkg->hkg", a_TBKH, b_TBKG, preferred_element_type=out_dtype)
-  else:
-    a, b = a_TBKH.reshape(T * B, K, H), b_TBKG.reshape(T * B, K, -1)
-    out = jnp.einsum("nkh,nkg->hkg", a, b, preferred_element_type=out_dtype)
-  return out.reshape(H, -1)
+    out = jnp.einsum("tkbh,tbkg->hkg", a_TKBH, b_TBKG, preferred_element_type=out_dtype)
+    return out.reshape(H, -1)
+  a_KNH = a_TKBH.transpose(1, 0, 2, 3).reshape(K, T * B, H)
+  b_KNG = b_TBKG.reshape(T * B, K, -1).transpose(1, 0, 2)
+  out_KHG = jax.lax.dot_general(
+    a_KNH, b_KNG, (((1,), (1,)), ((0,), (0,))), preferred_element_type=out_dtype
+  )
+  return out_KHG.transpose(1, 0, 2).reshape(H, -1)
+
+
+def gate_major(kernel_hh: Array, scale: Array | None) -> tuple[Array, Array | None]:
+  """``(kernel_hh, scale)`` as the step takes them: unchanged, or with per-gate masks
+  (``scale`` ``[B, 4, H]``) gate-major, ``[4, H, H]`` and ``[4, B, H]``, so that the
+  step's per-gate matmul is batched over a leading axis (no transposes in the loop)."""
+  if scale is None or scale.ndim == 2:
+    return kernel_hh, scale
+  H = kernel_hh.shape[0]
+  return kernel_hh.reshape(H, 4, -1).transpose(1, 0, 2), scale.transpose(1, 0, 2)
 
 
 def _recurrent_input(h_BH: Array, scale: Array | None) -> Array:
-  """``h_{t-1}`` as the recurrent matmul takes it: ``[B, H]``, or ``[B, 4, H]`` with
-  per-gate masks (``scale`` ``[B, 4, H]``)."""
+  """``h_{t-1}`` as the recurrent matmul takes it: ``[B, H]``, or ``[4, B, H]`` with
+  per-gate masks (``scale`` gate-major, ``gate_major``)."""
   if scale is None:
     return h_BH
-  return (h_BH[:, None, :] if scale.ndim == 3 else h_BH) * scale
+  return (h_BH[None] if scale.ndim == 3 else h_BH) * scale
 
 
-def _recurrent_matmul(h_in: Array, kernel_hh: Array, out_dtype: Any) -> Array:
-  """``h_in @ kernel_hh``: ``[B, 4H]``; a per-gate ``h_in`` ``[B, 4, H]`` meets its gate's
-  block only."""
+def _recurrent_matmul(h_in: Array, kernel: Array, out_dtype: Any) -> Array:
+  """``h_in @ kernel_hh``: ``[B, 4H]``; per gate (both gate-major, ``gate_major``), each
+  gate's copy of ``h`` meets its own kernel block."""
   if h_in.ndim == 2:
-    return jnp.dot(h_in, kernel_hh, preferred_element_type=out_dtype)
-  B, K, H = h_in.shape
-  w_HKG = kernel_hh.reshape(H, K, -1)
-  return jnp.einsum("bkh,hkg->bkg", h_in, w_HKG, preferred_element_type=out_dtype).reshape(B, -1)
+    return jnp.dot(h_in, kernel, preferred_element_type=out_dtype)
+  dims = (((2,), (1,)), ((0,), (0,)))
+  out_KBG = jax.lax.dot_general(h_in, kernel, dims, preferred_element_type=out_dtype)
+  return out_KBG.transpose(1, 0, 2).reshape(h_in.shape[1], -1)
 
 
 def gate_activations(z_BG: Array) -> Array:
@@ -231,6 +245,7 @@ def _forward(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, cell, unroll):
   cdt = kernel_hh.dtype
   padded = valid_TB is not None
   per_step, invariant = _split_cell(cell)
+  kernel_hh, scale_BH = gate_major(kernel_hh, scale_BH)
   keep_cand = "zoneout_c" in (cell or {})  # only then does c~ differ from the c carry
 
   def body(carry, xs):
@@ -329,7 +344,7 @@ def _bwd(unroll, saved, cotangents):
   cdt = kernel_hh.dtype
   gated = scale_BH is not None and scale_BH.ndim == 3
   kernel_t = kernel_hh.T
-  w_HKG = kernel_hh.reshape(kernel_hh.shape[0], 4, -1) if gated else None
+  w_KHG, scale_KBH = gate_major(kernel_hh, scale_BH)
   # With u = dL/dh_t and w = dL/dc_t (zoneout: hu = u (1 - z_h), w (1 - z_c)):
   #   dc~ = w + hu * A,  dz = [dc~, dc~, dc~, hu] * coef,
   #   dL/dc_{t-1} = dc~ * ft (+ w z_c),  dL/dh_{t-1} = dz @ W_hh^T (* scale) (+ u z_h)
@@ -351,9 +366,10 @@ def _bwd(unroll, saved, cotangents):
     w_total = wc + hu * a
     dz = jnp.concatenate([w_total, w_total, w_total, hu], -1) * cf
     if gated:  # each gate's block back through its kernel block and its mask
-      dz_BKG = dz.reshape(dz.shape[0], 4, -1).astype(cdt)
-      dh_in = jnp.einsum("bkg,hkg->bkh", dz_BKG, w_HKG, preferred_element_type=dz.dtype)
-      dh_prev = jnp.sum(dh_in * scale_BH, axis=1)
+      dz_KBG = dz.reshape(dz.shape[0], 4, -1).transpose(1, 0, 2).astype(cdt)
+      dims = (((2,), (2,)), ((0,), (0,)))
+      dh_in = jax.lax.dot_general(dz_KBG, w_KHG, dims, preferred_element_type=dz.dtype)
+      dh_prev = jnp.sum(dh_in * scale_KBH, axis=0)
     else:
       dh_in = jnp.dot(dz.astype(cdt), kernel_t, preferred_element_type=dz.dtype)
       dh_prev = dh_in if scale_BH is None else dh_in * scale_BH
@@ -371,7 +387,7 @@ def _bwd(unroll, saved, cotangents):
   # The weight gradient: one [H, T*B] @ [T*B, 4H] matmul over all steps,
   # outside the loop (per gate: one per gate's block, batched).
   if gated:
-    h_in = h_prev[:, :, None, :] * scale_BH
+    h_in = h_prev[:, None] * scale_KBH
     dkernel = contract_gate_steps(h_in.astype(cdt), dz_TBG.astype(cdt), jnp.float32)
   else:
     h_in = h_prev if scale_BH is None else h_prev * scale_BH
@@ -380,7 +396,8 @@ def _bwd(unroll, saved, cotangents):
   if scale_BH is None:
     dscale = None
   else:
-    dscale = jnp.sum(dh_in_TBH * (h_prev[:, :, None, :] if gated else h_prev), axis=0)
+    dscale = jnp.sum(dh_in_TBH * (h_prev[:, None] if gated else h_prev), axis=0)
+    dscale = dscale.transpose(1, 0, 2) if gated else dscale
   dcell = None if cell is None else jax.tree.map(jnp.zeros_like, cell)  # masks: no gradient
   return dz_TBG, dkernel, dh0, dc0, None, dscale, dcell
 

@@ -18,7 +18,7 @@ PyTorch's ``weight_ih_l{k}`` / ``weight_hh_l{k}``, and equal Keras's
   h_t = o * tanh(c_t)
 
 With per-gate masks (``DropoutConfig.per_gate``) a layer's input arrives as
-``[T, B, 4, F]``, the copy each gate sees, and ``h_{t-1}``'s mask is
+``[4, T, B, F]``, the copy each gate sees, and ``h_{t-1}``'s mask is
 ``[B, 4, H]``; gate k's block of ``z`` then takes its own copy and kernel
 block (Gal & Ghahramani's untied-weights LSTM).
 
@@ -133,7 +133,7 @@ class LSTMLayer(_LayerSettings, kw_only=True):
   ) -> tuple[tuple[Array, Array], Array]:
     """Returns the final ``(h, c)`` and the outputs ``[T, B, H]`` (float32).
 
-    ``x_TBF``: ``[T, B, F]``, or ``[T, B, 4, F]`` with each gate's own copy
+    ``x_TBF``: ``[T, B, F]``, or ``[4, T, B, F]`` with each gate's own copy
     (per-gate input masks). ``recurrent_scale_BH``: ``[B, H]``, or ``[B, 4, H]``
     per gate. ``cell``: the masks of the in-cell variants (``fused.CELL_VARIANTS``).
     """
@@ -180,6 +180,7 @@ class LSTMLayer(_LayerSettings, kw_only=True):
           "(the same function) to differentiate it forwards"
         ) from None
     per_step, invariant = fused._split_cell(cell)
+    kernel_hh, recurrent_scale_BH = fused.gate_major(kernel_hh, recurrent_scale_BH)
     scan = nn.scan(
       _ScanCell,
       variable_broadcast="params",
@@ -278,14 +279,14 @@ class LSTMStack(_LayerSettings, kw_only=True):
 
     def drop_seq(x_TBF, placement, layer):
       """``x_TBF`` after ``placement``'s dropout; with per-gate masks on a layer's input,
-      the copies the four gates see, ``[T, B, 4, F]``."""
+      the copies the four gates see, ``[4, T, B, F]``."""
       rate = getattr(cfg, placement)
       if not drop or dr.is_off(rate):
         return x_TBF
       mkey, locked = dr.mask_key(key, placement, layer), cfg.is_time_locked(placement)
       if cfg.per_gate and placement != "output":
         keep = dr.gate_mask(mkey, rate, x_TBF.shape, locked, cfg.is_per_gate())
-        return dr.apply_mask(x_TBF[:, :, None, :], keep, rate)
+        return dr.apply_mask(x_TBF[None], keep, rate)
       return dr.apply_mask(x_TBF, dr.sequence_mask(mkey, rate, x_TBF.shape, locked), rate)
 
     x_TBF = drop_seq(jnp.swapaxes(x_BTF, 0, 1), "input", 0)

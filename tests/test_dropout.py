@@ -202,14 +202,14 @@ def test_per_gate_masks_differ_by_gate_and_a_shared_one_is_the_usual_mask(locked
   key, shape, T = jax.random.key(4), (5, 64, 32), 1 if locked else 5
   own = dr.gate_mask(key, 0.4, shape, locked, per_gate=True)
   shared = dr.gate_mask(key, 0.4, shape, locked, per_gate=False)
-  assert own.shape == shared.shape == (T, 64, dr.GATES, 32)
+  assert own.shape == shared.shape == (dr.GATES, T, 64, 32)
   # The shared mask is the mask without gates, repeated over them.
   usual = dr.sequence_mask(key, 0.4, shape, locked)
   for k in range(dr.GATES):
-    np.testing.assert_array_equal(shared[:, :, k], usual)
+    np.testing.assert_array_equal(shared[k], usual)
   # Per gate: each gate its own draw, at the rate.
   for k in range(1, dr.GATES):
-    assert 0.2 < float(jnp.mean(own[:, :, k] != own[:, :, 0])) < 0.6  # 2 p (1 - p) = 0.48
+    assert 0.2 < float(jnp.mean(own[k] != own[0])) < 0.6  # 2 p (1 - p) = 0.48
   assert abs(float(jnp.mean(own)) - 0.6) < 4 * np.sqrt(0.24 / own.size)
   # A run's traced flag (a group differing in per_gate) draws what the run draws alone.
   flagged = jax.jit(lambda f: dr.gate_mask(key, 0.4, shape, locked, per_gate=f))
