@@ -37,10 +37,11 @@ A variant that is off is absent from ``cell`` and adds nothing to the
 compiled loop.
 
 Per-gate recurrent masks (``DropoutConfig.per_gate``): ``scale`` is
-``[B, 4, H]`` and gate k's block of ``z`` is ``(h_{t-1} * scale[:, k]) @
-W_hh[:, k]``, one batched matmul over the gates; on the way back ``dL/dh_{t-1}
-= sum_k (dz_k @ W_hh[:, k]^T) * scale[:, k]``, and the weight gradient is one
-batched contraction over all steps after the loop, as without.
+``[4, B, H]`` and gate k's block of ``z`` is ``(h_{t-1} * scale[k]) @ W_k``
+(``W_k`` its block of ``W_hh``, ``gate_major``), one matmul batched over the
+gates; on the way back ``dL/dh_{t-1} = sum_k (dz_k @ W_k^T) * scale[k]``, and
+the weight gradient is one batched contraction over all steps after the
+loop, as without.
 """
 
 from __future__ import annotations
@@ -140,19 +141,19 @@ def contract_gate_steps(a_TKBH: Array, b_TBG: Array, out_dtype: Any) -> Array:
   return out_KHG.transpose(1, 0, 2).reshape(H, -1)
 
 
-def gate_major(kernel_hh: Array, scale: Array | None) -> tuple[Array, Array | None]:
-  """``(kernel_hh, scale)`` as the step takes them: unchanged, or with per-gate masks
-  (``scale`` ``[B, 4, H]``) gate-major, ``[4, H, H]`` and ``[4, B, H]``, so that the
-  step's per-gate matmul is batched over a leading axis (no transposes in the loop)."""
+def gate_major(kernel_hh: Array, scale: Array | None) -> Array:
+  """``kernel_hh`` as the step takes it: ``[H, 4H]``, or with per-gate masks (``scale``
+  ``[4, B, H]``) gate-major, ``[4, H, H]``, so that the step's per-gate matmul is
+  batched over a leading axis (no transposes of the kernel in the loop)."""
   if scale is None or scale.ndim == 2:
-    return kernel_hh, scale
+    return kernel_hh
   H = kernel_hh.shape[0]
-  return kernel_hh.reshape(H, 4, -1).transpose(1, 0, 2), scale.transpose(1, 0, 2)
+  return kernel_hh.reshape(H, 4, -1).transpose(1, 0, 2)
 
 
 def _recurrent_input(h_BH: Array, scale: Array | None) -> Array:
   """``h_{t-1}`` as the recurrent matmul takes it: ``[B, H]``, or ``[4, B, H]`` with
-  per-gate masks (``scale`` gate-major, ``gate_major``)."""
+  per-gate masks (``scale`` ``[4, B, H]``)."""
   if scale is None:
     return h_BH
   return (h_BH[None] if scale.ndim == 3 else h_BH) * scale
@@ -245,7 +246,7 @@ def _forward(xw_TBG, kernel_hh, h0, c0, valid_TB, scale_BH, cell, unroll):
   cdt = kernel_hh.dtype
   padded = valid_TB is not None
   per_step, invariant = _split_cell(cell)
-  kernel_hh, scale_BH = gate_major(kernel_hh, scale_BH)
+  kernel_hh = gate_major(kernel_hh, scale_BH)
   keep_cand = "zoneout_c" in (cell or {})  # only then does c~ differ from the c carry
 
   def body(carry, xs):
@@ -285,7 +286,7 @@ def lstm_recurrence(
     valid_TB: bool ``[T, B]``, False at padded steps (which leave the carry
       unchanged and emit zeros), or None.
     scale_BH: recurrent dropout scale on ``h_{t-1}`` (0 or ``1/(1-p)``), ``[B, H]``
-      or per gate ``[B, 4, H]``, or None.
+      or per gate ``[4, B, H]``, or None.
     cell: the in-cell variants' masks (module doc), or None.
     unroll: time steps per scan iteration.
 
@@ -344,7 +345,7 @@ def _bwd(unroll, saved, cotangents):
   cdt = kernel_hh.dtype
   gated = scale_BH is not None and scale_BH.ndim == 3
   kernel_t = kernel_hh.T
-  w_KHG, scale_KBH = gate_major(kernel_hh, scale_BH)
+  w_KHG = gate_major(kernel_hh, scale_BH)
   # With u = dL/dh_t and w = dL/dc_t (zoneout: hu = u (1 - z_h), w (1 - z_c)):
   #   dc~ = w + hu * A,  dz = [dc~, dc~, dc~, hu] * coef,
   #   dL/dc_{t-1} = dc~ * ft (+ w z_c),  dL/dh_{t-1} = dz @ W_hh^T (* scale) (+ u z_h)
@@ -369,7 +370,7 @@ def _bwd(unroll, saved, cotangents):
       dz_KBG = dz.reshape(dz.shape[0], 4, -1).transpose(1, 0, 2).astype(cdt)
       dims = (((2,), (2,)), ((0,), (0,)))
       dh_in = jax.lax.dot_general(dz_KBG, w_KHG, dims, preferred_element_type=dz.dtype)
-      dh_prev = jnp.sum(dh_in * scale_KBH, axis=0)
+      dh_prev = jnp.sum(dh_in * scale_BH, axis=0)
     else:
       dh_in = jnp.dot(dz.astype(cdt), kernel_t, preferred_element_type=dz.dtype)
       dh_prev = dh_in if scale_BH is None else dh_in * scale_BH
@@ -387,7 +388,7 @@ def _bwd(unroll, saved, cotangents):
   # The weight gradient: one [H, T*B] @ [T*B, 4H] matmul over all steps,
   # outside the loop (per gate: one per gate's block, batched).
   if gated:
-    h_in = h_prev[:, None] * scale_KBH
+    h_in = h_prev[:, None] * scale_BH
     dkernel = contract_gate_steps(h_in.astype(cdt), dz_TBG.astype(cdt), jnp.float32)
   else:
     h_in = h_prev if scale_BH is None else h_prev * scale_BH
@@ -397,7 +398,6 @@ def _bwd(unroll, saved, cotangents):
     dscale = None
   else:
     dscale = jnp.sum(dh_in_TBH * (h_prev[:, None] if gated else h_prev), axis=0)
-    dscale = dscale.transpose(1, 0, 2) if gated else dscale
   dcell = None if cell is None else jax.tree.map(jnp.zeros_like, cell)  # masks: no gradient
   return dz_TBG, dkernel, dh0, dc0, None, dscale, dcell
 

@@ -19,7 +19,7 @@ PyTorch's ``weight_ih_l{k}`` / ``weight_hh_l{k}``, and equal Keras's
 
 With per-gate masks (``DropoutConfig.per_gate``) a layer's input arrives as
 ``[4, T, B, F]``, the copy each gate sees, and ``h_{t-1}``'s mask is
-``[B, 4, H]``; gate k's block of ``z`` then takes its own copy and kernel
+``[4, B, H]``; gate k's block of ``z`` then takes its own copy and kernel
 block (Gal & Ghahramani's untied-weights LSTM).
 
 Speed: ``x @ kernel_ih + bias`` for every step is one matmul *before* the
@@ -134,7 +134,7 @@ class LSTMLayer(_LayerSettings, kw_only=True):
     """Returns the final ``(h, c)`` and the outputs ``[T, B, H]`` (float32).
 
     ``x_TBF``: ``[T, B, F]``, or ``[4, T, B, F]`` with each gate's own copy
-    (per-gate input masks). ``recurrent_scale_BH``: ``[B, H]``, or ``[B, 4, H]``
+    (per-gate input masks). ``recurrent_scale_BH``: ``[B, H]``, or ``[4, B, H]``
     per gate. ``cell``: the masks of the in-cell variants (``fused.CELL_VARIANTS``).
     """
     H, F = self.hidden, x_TBF.shape[-1]
@@ -180,7 +180,7 @@ class LSTMLayer(_LayerSettings, kw_only=True):
           "(the same function) to differentiate it forwards"
         ) from None
     per_step, invariant = fused._split_cell(cell)
-    kernel_hh, recurrent_scale_BH = fused.gate_major(kernel_hh, recurrent_scale_BH)
+    kernel_hh = fused.gate_major(kernel_hh, recurrent_scale_BH)
     scan = nn.scan(
       _ScanCell,
       variable_broadcast="params",
@@ -338,13 +338,11 @@ def _layer_masks(cfg: DropoutConfig, key, layer: int, shape_TBH, dtype) -> dict[
       cell[name] = jnp.asarray(p, dtype) if key is None else dr.zone_mask(mkey(name), p, shape_TBH)
   if key is not None:
     if on("recurrent"):
-      per_gate = cfg.is_per_gate() if cfg.per_gate else False
-      keep = None
-      if per_gate is not True:
+      if cfg.per_gate:  # one mask per sequence and gate, [4, B, H]
+        locked = (1, B, H)
+        keep = dr.gate_mask(mkey("recurrent"), cfg.recurrent, locked, True, cfg.is_per_gate())[:, 0]
+      else:
         keep = dr.keep_mask(mkey("recurrent"), cfg.recurrent, (B, H))
-      if per_gate is not False:  # [B, 4, H]; a run without per-gate masks repeats its one
-        own = dr.keep_mask(mkey("recurrent"), cfg.recurrent, (B, dr.GATES, H))
-        keep = own if keep is None else jnp.where(per_gate, own, keep[:, None, :])
       out["recurrent_scale_BH"] = dr.apply_mask(ones(keep.shape), keep, cfg.recurrent)
     if on("weight"):
       out["weight_keep_HG"] = dr.keep_mask(mkey("weight"), cfg.weight, (H, 4 * H))

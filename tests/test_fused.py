@@ -27,8 +27,8 @@ def _inputs(seed=0):
 def test_values_and_gradients_match_autodiff(masked, recurrent):
   xw, w, h0, c0, valid, scale, dys = _inputs()
   valid = valid if masked else None
-  if recurrent == "per_gate":  # a mask per gate: [B, 4, H]
-    scale = jax.random.bernoulli(jax.random.key(9), 0.7, (B, 4, H)) / 0.7
+  if recurrent == "per_gate":  # a mask per gate: [4, B, H]
+    scale = jax.random.bernoulli(jax.random.key(9), 0.7, (4, B, H)) / 0.7
   scale = scale if recurrent else None
 
   def loss(f, xw, w, h0, c0, scale):
@@ -83,7 +83,7 @@ def test_per_gate_masks_that_agree_over_the_gates_are_the_shared_mask():
   """The per-gate path (batched over gates) with one mask repeated over the gates computes
   the shared-mask LSTM; with masks that differ by gate, it computes another function."""
   xw, w, h0, c0, valid, scale, dys = _inputs(2)
-  repeated = jnp.broadcast_to(scale[:, None, :], (B, 4, H))
+  repeated = jnp.broadcast_to(scale, (4, B, H))
 
   def loss(scale, w):
     return jnp.sum(lstm_recurrence(xw, w, h0, c0, valid, scale, None, 1)[1] * dys)
@@ -92,7 +92,7 @@ def test_per_gate_masks_that_agree_over_the_gates_are_the_shared_mask():
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), shared, per_gate
   )
-  other = jax.random.bernoulli(jax.random.key(5), 0.7, (B, 4, H)) / 0.7
+  other = jax.random.bernoulli(jax.random.key(5), 0.7, (4, B, H)) / 0.7
   assert abs(float(loss(other, w) - shared[0])) > 1e-3
 
 
