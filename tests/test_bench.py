@@ -288,3 +288,27 @@ def test_variant_cost_measures_real_steps_of_each_preset():
   times = _load("variant_cost").measure("seed_clf", ["none", "zoneout"], windows=2, steps=1)
   assert {p: len(t) for p, t in times.items()} == {"none": 2, "zoneout": 2}
   assert all(t > 0 for ts in times.values() for t in ts)
+
+
+def test_bench_cores_times_both_layouts_and_refuses_a_bad_runs_at_once(monkeypatch, capsys):
+  """scripts/bench_cores.py: the one-device layout takes --one-device-runs-at-once, the
+  default layout no flags; a value below 1 is one line, before anything runs."""
+  cores = _load("bench_cores")
+  calls = []
+
+  def fake(layout, out, extra):
+    calls.append(layout)
+    out.mkdir(parents=True)
+    (out / "overfit.csv").write_text("same\n")
+    return 60.0 if "--cpu-devices" in layout else 30.0
+
+  monkeypatch.setattr(cores, "run_once", fake)
+  cores.main(["--one-device-runs-at-once", "85", "--epochs", "2"])
+  assert calls == [["--cpu-devices", "1", "--runs-at-once", "85"], []]
+  out = capsys.readouterr().out
+  assert "| 1 device, 85 runs at once | 1.00 | 1.00x |" in out and "| 2.00x |" in out
+  assert "tables identical across layouts: yes" in out
+  calls.clear()
+  with pytest.raises(SystemExit):
+    cores.main(["--one-device-runs-at-once", "0"])
+  assert "--one-device-runs-at-once must be >= 1" in capsys.readouterr().err and not calls
