@@ -36,6 +36,12 @@ one mask shared by the gates (the default), a dropped unit is hidden from the
 whole layer; with one per gate, from all four gates only with probability
 ``rate**4``.
 
+Every mask with a batch axis is drawn by hashing each entry's index with two
+seeds from the mask's key (``keep_mask16``), a twelfth of the time of threefry
+bits on a CPU; the masks without one (``weight``, ``embedding``) are threefry
+bits (``keep_mask``). A step run per device on its rows of the batch draws its
+rows of the whole batch's masks (``batch_shard``).
+
 Rates may be Python floats (checked: ``0 <= rate < 1``; a rate of exactly 0
 compiles to nothing) or JAX scalars, so a jitted step can take rates as traced
 arguments and compile once for a whole grid of rates. ``DropoutConfig`` is a
@@ -44,10 +50,12 @@ pytree whose leaves are the rates.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
 
 import jax
@@ -418,8 +426,27 @@ def mask_key(key: Array, kind: str, layer: int = 0) -> Array:
   return jax.random.fold_in(jax.random.fold_in(key, MASK_STREAMS[kind]), layer)
 
 
+_BATCH_SHARD: contextvars.ContextVar[tuple[Any, int] | None] = contextvars.ContextVar(
+  "batch_shard", default=None
+)
+
+
+@contextlib.contextmanager
+def batch_shard(index: Any, count: int) -> Iterator[None]:
+  """Within it, the program holds block ``index`` (may be traced) of ``count`` equal
+  blocks of the batch's rows, and every mask with a batch axis is those rows of the
+  mask the whole batch draws: a step traced per device (``shard_map``) draws the
+  masks that one device with the whole batch draws."""
+  token = _BATCH_SHARD.set((index, count))
+  try:
+    yield
+  finally:
+    _BATCH_SHARD.reset(token)
+
+
 def keep_mask(key: Array, rate: Any, shape: tuple[int, ...]) -> Array:
-  """A boolean keep-mask: each entry is True with probability ``1 - rate``."""
+  """A boolean keep-mask: each entry is True with probability ``1 - rate`` (threefry
+  bits): the masks without a batch axis (``weight``, ``embedding``)."""
   return jax.random.bernoulli(key, 1.0 - jnp.asarray(rate, jnp.float32), shape)
 
 
@@ -433,18 +460,30 @@ def _mix32(x: Array) -> Array:
   return x ^ (x >> 15)
 
 
-def _uniform16(key: Array, shape: tuple[int, ...]) -> Array:
+def _uniform16(key: Array, shape: tuple[int, ...], batch_axis: int | None = None) -> Array:
   """Uniform integers in ``[0, 2**16)``, one per entry of ``shape``.
 
   ``key`` gives two 32-bit seeds (one threefry draw); each entry is the top 16 bits
   of a keyed two-round hash of its index, ``mix(mix(i ^ s0) + s1)``. That costs a
-  quarter of the time of threefry bits for the same entries, and the in-cell masks draw
-  a ``[T, B, H]`` block per layer and step. Entries are independent for every
-  statistic the masks are tested on (``tests/test_variants.py``); shapes are limited
-  to ``2**32`` entries.
+  twelfth of the time of threefry bits for the same entries on a CPU, where the
+  masks of ``[T, B, ...]`` blocks would otherwise be a seventh of a small model's
+  step. Entries are independent for every statistic the masks are tested on
+  (``tests/test_variants.py``); shapes are limited to ``2**32`` entries. Inside
+  ``batch_shard`` only this program's rows are hashed: their indices are those of
+  the whole batch's array.
   """
   s = jax.random.bits(key, (2,), jnp.uint32)
-  i = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  shard = None if batch_axis is None else _BATCH_SHARD.get()
+  if shard is None:
+    i = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  else:
+    index, count = shard
+    full = list(shape)
+    full[batch_axis] *= count
+    strides = [math.prod(full[d + 1 :]) for d in range(len(full))]
+    first = jnp.asarray(index, jnp.uint32) * jnp.uint32(shape[batch_axis] * strides[batch_axis])
+    iota = lambda d: jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(strides[d])
+    i = sum((iota(d) for d in range(len(shape))), first)
   return _mix32(_mix32(i ^ s[0]) + s[1]) >> 16
 
 
@@ -452,36 +491,44 @@ def _threshold16(rate: Any) -> Array:
   return jnp.round(jnp.asarray(rate, jnp.float32) * 65536.0).astype(jnp.uint32)
 
 
-def keep_mask16(key: Array, rate: Any, shape: tuple[int, ...]) -> Array:
-  """A keep-mask with a 16-bit draw per entry (the rate rounded to a multiple of
-  2**-16): the masks of the placements added after the first six, which draw
-  ``[T, B, H]`` blocks inside the cell, where threefry bits for every entry would
-  be a tenth of a small model's step."""
-  return _uniform16(key, shape) >= _threshold16(rate)
+def keep_mask16(
+  key: Array, rate: Any, shape: tuple[int, ...], *, batch_axis: int | None = None
+) -> Array:
+  """A keep-mask with a 16-bit draw per entry (``_uniform16``; the rate rounded to a
+  multiple of 2**-16): every mask with a batch axis. ``batch_axis``: the axis of
+  ``shape`` that runs over the batch (see ``batch_shard``)."""
+  return _uniform16(key, shape, batch_axis) >= _threshold16(rate)
 
 
-def zone_mask(key: Array, rate: Any, shape: tuple[int, ...]) -> Array:
+def zone_mask(
+  key: Array, rate: Any, shape: tuple[int, ...], *, batch_axis: int | None = None
+) -> Array:
   """Zoneout's boolean keep-previous mask: each entry True with probability ``rate``
   (a 16-bit draw per entry, as ``keep_mask16``)."""
-  return _uniform16(key, shape) < _threshold16(rate)
+  return _uniform16(key, shape, batch_axis) < _threshold16(rate)
 
 
 def sequence_mask(
-  key: Array, rate: Any, shape_TBF: tuple[int, ...], time_locked: Any, *, bits16=False
+  key: Array,
+  rate: Any,
+  shape_TBF: tuple[int, ...],
+  time_locked: Any,
+  *,
+  batch_axis: int = 1,
 ) -> Array:
   """Keep-mask for a time-major ``[T, B, F]`` block (or ``[T, B, ...]``).
 
   Per-step masks are drawn for the whole block in one call; a time-locked
   mask is ``[1, B, F]`` and broadcasts over time. ``time_locked`` may be a
   traced flag (``GroupDropout``): then the mask is ``[T, B, F]`` either way.
-  ``bits16``: drawn with ``keep_mask16``.
+  Drawn with ``keep_mask16``; ``batch_axis``: where the batch is in ``shape_TBF``.
   """
   T, *rest = shape_TBF
-  draw = keep_mask16 if bits16 else keep_mask
+  draw = lambda steps: keep_mask16(key, rate, (steps, *rest), batch_axis=batch_axis)
   if isinstance(time_locked, bool):
-    return draw(key, rate, (1, *rest) if time_locked else (T, *rest))
+    return draw(1 if time_locked else T)
   # A run's flag (``GroupDropout``): both masks, from the key either draws alone.
-  return jnp.where(time_locked, draw(key, rate, (1, *rest)), draw(key, rate, (T, *rest)))
+  return jnp.where(time_locked, draw(1), draw(T))
 
 
 #: The gates of an LSTM layer (the blocks of its 4H axis, in order i, f, g, o).
@@ -502,7 +549,8 @@ def gate_mask(
   shared = sequence_mask(key, rate, shape_TBF, time_locked)[None]
   if per_gate is False:
     return jnp.broadcast_to(shared, (GATES, *shared.shape[1:]))
-  own = sequence_mask(key, rate, (T, GATES, B, F), time_locked).transpose(1, 0, 2, 3)
+  own = sequence_mask(key, rate, (T, GATES, B, F), time_locked, batch_axis=2)
+  own = own.transpose(1, 0, 2, 3)
   return own if per_gate is True else jnp.where(per_gate, own, shared)
 
 

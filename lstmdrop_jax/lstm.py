@@ -309,7 +309,8 @@ class LSTMStack(_LayerSettings, kw_only=True):
     # steps leave the carry unchanged.
     last_BH = new_carry[-1][0]
     if drop and not dr.is_off(cfg.output):
-      keep = dr.keep_mask(dr.mask_key(key, "output", self.layers), cfg.output, last_BH.shape)
+      okey = dr.mask_key(key, "output", self.layers)
+      keep = dr.keep_mask16(okey, cfg.output, last_BH.shape, batch_axis=0)
       last_BH = dr.apply_mask(last_BH, keep, cfg.output)
     return last_BH, tuple(new_carry)
 
@@ -334,25 +335,27 @@ def _layer_masks(cfg: DropoutConfig, key, layer: int, shape_TBH, dtype) -> dict[
   for name in ("zoneout_h", "zoneout_c"):
     if on(name):
       p = getattr(cfg, name)
-      # Training: a boolean mask per step; evaluation: the probability itself.
-      cell[name] = jnp.asarray(p, dtype) if key is None else dr.zone_mask(mkey(name), p, shape_TBH)
+      if key is None:  # evaluation: the probability itself
+        cell[name] = jnp.asarray(p, dtype)
+      else:  # training: a boolean mask per step
+        cell[name] = dr.zone_mask(mkey(name), p, shape_TBH, batch_axis=1)
   if key is not None:
     if on("recurrent"):
       if cfg.per_gate:  # one mask per sequence and gate, [4, B, H]
         locked = (1, B, H)
         keep = dr.gate_mask(mkey("recurrent"), cfg.recurrent, locked, True, cfg.is_per_gate())[:, 0]
       else:
-        keep = dr.keep_mask(mkey("recurrent"), cfg.recurrent, (B, H))
+        keep = dr.keep_mask16(mkey("recurrent"), cfg.recurrent, (B, H), batch_axis=0)
       out["recurrent_scale_BH"] = dr.apply_mask(ones(keep.shape), keep, cfg.recurrent)
     if on("weight"):
       out["weight_keep_HG"] = dr.keep_mask(mkey("weight"), cfg.weight, (H, 4 * H))
     if on("semeniuta"):
       locked = cfg.is_time_locked("semeniuta")
-      keep = dr.sequence_mask(mkey("semeniuta"), cfg.semeniuta, shape_TBH, locked, bits16=True)
+      keep = dr.sequence_mask(mkey("semeniuta"), cfg.semeniuta, shape_TBH, locked)
       scale = dr.apply_mask(ones(keep.shape), keep, cfg.semeniuta)
       cell["semeniuta"] = scale[0] if locked is True else scale  # a run's flag: [T, B, H]
     if on("rnndrop"):
-      keep = dr.keep_mask16(mkey("rnndrop"), cfg.rnndrop, (B, H))
+      keep = dr.keep_mask16(mkey("rnndrop"), cfg.rnndrop, (B, H), batch_axis=0)
       cell["rnndrop_keep"] = keep.astype(dtype)
       cell["rnndrop_scale"] = dr.apply_mask(ones((B, H)), keep, cfg.rnndrop)
   out["cell"] = cell or None

@@ -3,17 +3,20 @@
 Two ways to use the mesh's one axis, ``"devices"``:
 
 * ``"data"`` (default): data parallel. Every batch is split on its batch
-  axis; parameters and optimiser state are replicated. XLA inserts the
-  gradient all-reduce. With one device this is plain single-device training.
+  axis; parameters and optimiser state are replicated. Each device runs the
+  training step on its rows (``shard_map``; ``steps.make_train_step``'s
+  ``batch_axis``), and the steps sum their gradients and metrics over the
+  devices. Evaluation is split by XLA (GSPMD). With one device this is plain
+  single-device training.
 * ``"runs"``: the K runs that ``train_runs`` trains together (seeds, rates)
   are split over the devices on their leading axis; each device trains
   whole runs. A K that is not a multiple of the device count is padded
   with copies of the group's first run, which write nothing.
 * ``"auto"``: one of the two, by ``plan``.
 
-Dropout masks do not depend on the layout: JAX's partitionable threefry,
-and the in-cell masks' hash of each entry's global index, draw the same bits
-whatever the sharding, so a run on 4 devices draws the masks it draws on 1.
+Dropout masks do not depend on the layout: each device of a split batch
+draws its rows of the whole batch's masks (``dropout.batch_shard``), so a run
+on 4 devices draws the masks it draws on 1.
 
 Multi-host: ``initialize_distributed`` starts ``jax.distributed`` from
 explicit flags or a SLURM allocation. Every host builds each epoch's batch
@@ -34,9 +37,8 @@ padded with copies of its first run, whose results are discarded), else
 splits the batch over as many cores as divide it; each device loops over
 its runs one at a time (``map_runs``). Either differs from one device in
 float rounding, as any change of device count does: a split batch sums its
-gradient in parts and keeps some matmuls 3-D (``fused.project_steps``), and
-XLA compiles each device's loop over its share of the runs on its own
-(docs/PERFORMANCE.md).
+gradient in parts, and XLA compiles each device's loop over its share of
+the runs on its own (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations

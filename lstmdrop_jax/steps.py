@@ -18,8 +18,9 @@ plus ``'lengths': [B]`` for variable-length data; a language-model batch is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -27,7 +28,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
+from lstmdrop_jax import dropout as dr
+from lstmdrop_jax import fused
 from lstmdrop_jax.dropout import DropoutConfig
 
 Array = jax.Array
@@ -121,7 +125,10 @@ class Objective:
       the carry is None for models without state across batches.
     metrics: ``metrics(logits, batch) -> Metrics``, sums (``loss_sum``,
       ``count``, ...).
-    loss: ``loss(metrics, batch)``: the scalar the optimiser minimises.
+    denominator: ``denominator(metrics, batch_size)``: the optimiser minimises
+      ``metrics['loss_sum'] / denominator``. With the batch split over
+      devices, ``metrics`` and ``batch_size`` are the whole batch's, and each
+      device's share of the loss is its own ``loss_sum`` over that.
     init_carry: ``init_carry(model, batch_size)``: the state carried across
       batches at the start of an epoch (None: no state).
   """
@@ -129,7 +136,7 @@ class Objective:
   name: str
   apply: Callable[..., tuple[Array, Any]]
   metrics: Callable[[Array, Batch], Metrics]
-  loss: Callable[[Metrics, Batch], Array]
+  denominator: Callable[[Metrics, int], Array]
   init_carry: Callable[[nn.Module, int], Any]
 
 
@@ -148,7 +155,7 @@ CLASSIFIER = Objective(
   name="classifier",
   apply=_apply_classifier,
   metrics=lambda logits, batch: classification_metrics(logits, batch["y"], batch["mask"]),
-  loss=lambda m, batch: m["loss_sum"] / jnp.maximum(m["count"], 1.0),
+  denominator=lambda m, batch_size: jnp.maximum(m["count"], 1.0),
   init_carry=lambda model, batch_size: None,
 )
 
@@ -159,7 +166,7 @@ LANGUAGE_MODEL = Objective(
   name="language model",
   apply=_apply_language_model,
   metrics=lambda logits, batch: lm_metrics(logits, batch["y"], batch.get("mask")),
-  loss=lambda m, batch: m["loss_sum"] / batch["y"].shape[0],
+  denominator=lambda m, batch_size: batch_size,
   init_carry=lambda model, batch_size: model.initialize_carry(batch_size),
 )
 
@@ -178,15 +185,27 @@ def _forward(model, objective, params, state, batch, *, train, key=None, carry=N
 
 
 def make_train_step(
-  model: nn.Module, tx: optax.GradientTransformation, objective: Objective
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  objective: Objective,
+  *,
+  batch_axis: str | None = None,
 ) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
   """Builds the pure ``train_step(state, batch, key) -> (state, metrics)``.
 
   ``key`` is the run's dropout key; the step's key is ``fold_in(key,
-  state.step)``. The loss is ``objective.loss``. ``model.dropout`` says
-  which placements exist (for runs trained together, ``DropoutConfig.union``
-  of theirs); ``state.dropout`` holds each run's rates. The step is not jitted here:
-  jit it (with ``donate_argnums=0``), vmap it, or scan it over an epoch.
+  state.step)``. The loss is ``objective``'s (``Objective.denominator``).
+  ``model.dropout`` says which placements exist (for runs trained together,
+  ``DropoutConfig.union`` of theirs); ``state.dropout`` holds each run's
+  rates. The step is not jitted here: jit it (with ``donate_argnums=0``),
+  vmap it, or scan it over an epoch.
+
+  ``batch_axis``: for a step run on each device's rows of the batch
+  (``shard_map``), the mesh axis the rows are split over. Each device then
+  draws its rows of the whole batch's masks (``dropout.batch_shard``), the
+  metrics and gradients are summed over the devices, and every device applies
+  the update one device with the whole batch would: the same step, rounded
+  differently.
   """
 
   def loss_fn(params, state, batch, key):
@@ -194,11 +213,21 @@ def make_train_step(
       model, objective, params, state, batch, train=True, key=key, carry=state.carry
     )
     m = objective.metrics(logits, batch)
-    return objective.loss(m, batch), (m, carry)
+    total = jax.lax.stop_gradient(m)  # the scale, not a function of the parameters
+    batch_size = batch["y"].shape[0]
+    if batch_axis is not None:
+      total = jax.lax.psum(total, batch_axis)
+      batch_size *= jax.lax.axis_size(batch_axis)
+    return m["loss_sum"] / objective.denominator(total, batch_size), (total, carry)
 
   def train_step(state: TrainState, batch: Batch, key: Array):
     step_key = jax.random.fold_in(key, state.step)
-    grads, (metrics, carry) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch, step_key)
+    with _rows_of_batch(batch_axis):
+      grads, (metrics, carry) = jax.grad(loss_fn, has_aux=True)(
+        state.params, state, batch, step_key
+      )
+    if batch_axis is not None:
+      grads = jax.lax.psum(grads, batch_axis)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
@@ -211,6 +240,26 @@ def make_train_step(
     return new_state, metrics
 
   return train_step
+
+
+@contextlib.contextmanager
+def _rows_of_batch(batch_axis: str | None) -> Iterator[None]:
+  """Traces a step on this device's block of the batch split over ``batch_axis``: its
+  rows of the global masks, and matmuls free to merge time and batch (the local batch
+  is whole on its device)."""
+  if batch_axis is None:
+    yield
+    return
+  index, count = jax.lax.axis_index(batch_axis), jax.lax.axis_size(batch_axis)
+  with dr.batch_shard(index, count), fused.batch_split_over_devices(False):
+    yield
+
+
+def sharded_state_spec(has_carry: bool, carry_spec: P) -> TrainState:
+  """``shard_map``'s spec of a train state for a step with ``batch_axis``: all of
+  it replicated but a language model's carry, split as the batch (``carry_spec``)."""
+  rep = P()
+  return TrainState(rep, rep, rep, rep, carry_spec if has_carry else None)
 
 
 def make_eval_step(
@@ -230,7 +279,11 @@ def make_eval_step(
 
 
 def make_train_epoch(
-  model: nn.Module, tx: optax.GradientTransformation, objective: Objective
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  objective: Objective,
+  *,
+  batch_axis: str | None = None,
 ) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
   """Builds ``train_epoch(state, batches, key) -> (state, metrics)``.
 
@@ -238,11 +291,11 @@ def make_train_epoch(
   ``batches`` (``[steps, B, ...]``), starting from a zero carry (a language
   model's hidden state is reset at the start of each epoch). The metrics are
   summed over the steps, plus ``finite``: whether the loss and the new
-  parameters are finite.
+  parameters are finite. ``batch_axis``: as in ``make_train_step``.
   """
 
   def train_epoch(state: TrainState, batches: Batch, key: Array):
-    step = make_train_step(model, tx, objective)
+    step = make_train_step(model, tx, objective, batch_axis=batch_axis)
     state = state.replace(carry=jax.tree.map(jnp.zeros_like, state.carry))
     new, per_step = jax.lax.scan(lambda s, b: step(s, b, key), state, batches)
     metrics = jax.tree.map(lambda a: jnp.sum(a, 0), per_step)

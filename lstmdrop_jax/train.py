@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from lstmdrop_jax import fused, optim, steps
@@ -209,7 +210,9 @@ class _Group:
     union = dataclasses.replace(cfg, dropout=DropoutConfig.union([c.dropout for c in configs]))
     model = task.model_from(union, task.describe(0))
     tx = optim.optimizer_of(cfg, task.steps_per_epoch)
-    train_epoch = steps.make_train_epoch(model, tx, task.objective)
+    split = mode == "data" and mesh.size > 1  # each device trains on its rows of the batch
+    axis = par.AXIS if split else None
+    train_epoch = steps.make_train_epoch(model, tx, task.objective, batch_axis=axis)
 
     def run_epoch(state, batches, key_data, active):
       new, metrics = train_epoch(state, batches, jax.random.wrap_key_data(key_data))
@@ -217,9 +220,19 @@ class _Group:
       return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state), metrics
 
     over_runs = partial(par.map_runs, mode=mode, mesh=mesh, runs=len(configs), at_once=at_once)
-    epoch_fn = jax.jit(
-      over_runs(run_epoch), donate_argnums=0, out_shardings=(sh["state"], sh["replicated"])
-    )
+    run_epochs = over_runs(run_epoch)
+    if split:
+      has_carry = task.objective.init_carry(model, 1) is not None
+      state = steps.sharded_state_spec(has_carry, P(None, par.AXIS))
+      rest = P()  # keys and flags
+      run_epochs = jax.shard_map(
+        run_epochs,
+        mesh=mesh,
+        in_specs=(state, P(*sh["batch"].spec), rest, rest),
+        out_specs=(state, P()),
+        check_vma=False,  # the step sums over the devices itself
+      )
+    epoch_fn = jax.jit(run_epochs, donate_argnums=0, out_shardings=(sh["state"], sh["replicated"]))
     eval_fn = jax.jit(
       over_runs(steps.make_evaluate(model, task.objective)), out_shardings=sh["replicated"]
     )

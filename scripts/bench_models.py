@@ -121,11 +121,15 @@ def _jax_batch(c: dict, key) -> dict:
   return {"x": x_BTF, "y": jnp.arange(c["B"]) % 2, "mask": jnp.ones(c["B"], bool)}
 
 
-def _ours(c: dict, impl: str, dtype: str, unroll: int | None, tx, x, dropout: str = "zaremba"):
-  """``init(key) -> state`` and ``run(state, batch, key)`` of our models."""
+def _ours(c: dict, impl: str, dtype: str, unroll: int | None, tx, x, dropout: str, shard: bool):
+  """``init(key) -> state`` and ``run(state, batch, key)`` of our models; ``shard``:
+  the library's data-parallel step, run per device on its rows of the batch."""
+  import jax
   import jax.numpy as jnp
+  from jax.sharding import PartitionSpec as P
 
   from lstmdrop_jax import DropoutConfig, LanguageModel, SequenceClassifier, steps
+  from lstmdrop_jax import parallel as par
 
   common = dict(
     hidden=c["H"],
@@ -139,8 +143,13 @@ def _ours(c: dict, impl: str, dtype: str, unroll: int | None, tx, x, dropout: st
     model, objective = LanguageModel(vocab_size=c["V"], **common), steps.LANGUAGE_MODEL
   else:
     model, objective = SequenceClassifier(**common), steps.CLASSIFIER
-  run = steps.make_train_step(model, tx, objective)
-  return lambda k: steps.create_train_state(model, tx, k, x, objective), run
+  init = lambda k: steps.create_train_state(model, tx, k, x, objective)
+  if not shard:
+    return init, steps.make_train_step(model, tx, objective)
+  run = steps.make_train_step(model, tx, objective, batch_axis=par.AXIS)
+  state = steps.sharded_state_spec(c["head"] == "lm", P(par.AXIS))
+  specs = dict(in_specs=(state, P(par.AXIS), P()), out_specs=(state, P()))
+  return init, jax.shard_map(run, mesh=par.make_mesh(), **specs, check_vma=False)
 
 
 def _flax_stock(c: dict, dtype: str, unroll: int | None, tx, x):
@@ -207,7 +216,8 @@ def jax_step(
     unroll: the scan's unroll (None: each implementation's default).
     seeds: K > 1 vmaps K independent runs (one key each) into one step.
     shard: split the batch over every device (data parallel, state
-      replicated); ignored with ``seeds > 1``.
+      replicated): ours is the library's step per device (``shard_map``), Flax's
+      stock model is split by XLA (GSPMD); ignored with ``seeds > 1``.
     dropout: our model's ``DROPOUT_PRESETS`` entry (the others keep theirs).
   """
   import jax
@@ -221,7 +231,7 @@ def jax_step(
   if impl == "flax":
     init, run = _flax_stock(c, dtype, unroll, tx, batch["x"])
   else:
-    init, run = _ours(c, impl, dtype, unroll, tx, batch["x"], dropout)
+    init, run = _ours(c, impl, dtype, unroll, tx, batch["x"], dropout, shard and seeds == 1)
   if seeds > 1:
     keys = jax.random.split(key, seeds)
     batch = jax.tree.map(lambda a: jnp.broadcast_to(a, (seeds, *a.shape)), batch)

@@ -68,14 +68,17 @@ def test_same_key_same_mask_other_key_other_mask():
 def _record_masks(monkeypatch):
   """Records every keep-mask a forward pass draws (un-jitted, so concrete)."""
   drawn = []
-  orig = dr.keep_mask
 
-  def recording(key, rate, shape):
-    m = orig(key, rate, shape)
-    drawn.append(np.asarray(m))
-    return m
+  def recording(draw):
+    def record(key, rate, shape, **kw):
+      m = draw(key, rate, shape, **kw)
+      drawn.append(np.asarray(m))
+      return m
 
-  monkeypatch.setattr(dr, "keep_mask", recording)
+    return record
+
+  for name in ("keep_mask", "keep_mask16"):
+    monkeypatch.setattr(dr, name, recording(getattr(dr, name)))
   return drawn
 
 
@@ -215,6 +218,36 @@ def test_per_gate_masks_differ_by_gate_and_a_shared_one_is_the_usual_mask(locked
   flagged = jax.jit(lambda f: dr.gate_mask(key, 0.4, shape, locked, per_gate=f))
   np.testing.assert_array_equal(flagged(True), own)
   np.testing.assert_array_equal(flagged(False), shared)
+
+
+DRAWS = {  # every kind of mask with a batch axis: draw(key, shape), shape, batch axis
+  "per step": (lambda k, s: dr.sequence_mask(k, 0.4, s, False), (5, 8, 3), 1),
+  "locked": (lambda k, s: dr.sequence_mask(k, 0.4, s, True), (5, 8, 3), 1),
+  "per gate": (lambda k, s: dr.gate_mask(k, 0.4, s, False, per_gate=True), (5, 8, 3), 1),
+  "per sequence": (lambda k, s: dr.keep_mask16(k, 0.4, s, batch_axis=0), (8, 6), 0),
+  "zoneout": (lambda k, s: dr.zone_mask(k, 0.4, s, batch_axis=1), (5, 8, 6), 1),
+}
+
+
+@pytest.mark.parametrize("kind", DRAWS)
+def test_a_block_of_the_batch_draws_its_rows_of_the_whole_batchs_mask(kind):
+  """What a device holding a quarter of the batch draws (``batch_shard``, traced
+  index): those rows of the mask one device with the whole batch draws."""
+  draw, shape, axis = DRAWS[kind]
+  key = jax.random.key(9)
+  whole = np.asarray(draw(key, shape))
+  local = list(shape)
+  local[axis] //= 4
+
+  @jax.jit
+  def block(index):
+    with dr.batch_shard(index, 4):
+      return draw(key, tuple(local))
+
+  axis += whole.ndim - len(shape)  # the gate axis comes first
+  rows = np.concatenate([block(i) for i in range(4)], axis=axis)
+  np.testing.assert_array_equal(rows, whole)
+  assert 0 < whole.mean() < 1
 
 
 def test_a_group_differing_in_per_gate_carries_each_runs_flag_as_a_leaf():

@@ -74,7 +74,8 @@ finally:
 def _flags(config) -> list[str]:
   c = config
   return [
-    "--dataset", c.dataset, "--hidden", str(c.hidden), "--layers", str(c.layers),
+    "--dataset", c.dataset, "--seed", str(c.seed), "--hidden", str(c.hidden),
+    "--layers", str(c.layers),
     "--epochs", str(c.epochs), "--batch-size", str(c.batch_size),
     "--checkpoint-every", str(c.checkpoint_every), "--learning-rate", str(c.learning_rate),
     "--unroll", "1", "--dropout.input", "0.1", "--dropout.between", "0.2",

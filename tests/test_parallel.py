@@ -24,6 +24,7 @@ from lstmdrop_jax.checkpoint import RunCheckpoints
 from lstmdrop_jax.dropout import DropoutConfig
 from lstmdrop_jax.run_folder import read_jsonl
 from lstmdrop_jax.train import Config, train_and_evaluate, train_runs
+from tests.test_text import _write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = Config(
@@ -46,6 +47,13 @@ SEEDS = [
   for s in range(3)
 ]
 
+# A language model with every mask a batch has: per step, per sequence, whole words.
+LM = Config(
+  dataset="text", hidden=8, layers=2, num_steps=6, batch_size=8, optimizer="adam",
+  learning_rate=1e-2, epochs=2, unroll=1,
+  dropout=DropoutConfig(input=0.2, between=0.2, output=0.2, recurrent=0.2, embedding=0.1),
+)  # fmt: skip
+
 SCRIPT = """
 import dataclasses, json, sys
 import jax
@@ -53,8 +61,10 @@ from lstmdrop_jax.train import Config, train_and_evaluate, train_runs
 root = sys.argv[1]
 base = Config.from_dict(json.loads(sys.argv[2]))
 seeds = [Config.from_dict(d) for d in json.loads(sys.argv[3])]
+lm = Config.from_dict(json.loads(sys.argv[4]))
 assert jax.device_count() == 4, jax.devices()
 train_and_evaluate(base, f"{root}/dp4", progress=False)
+train_runs([lm], [f"{root}/lm4"], parallel="data", progress=False)
 # 3 runs on 4 devices: padded with a copy of the first run, which writes nothing.
 train_runs(seeds, [f"{root}/runs3/{k}" for k in range(3)], parallel="runs", progress=False)
 errors = {}
@@ -79,7 +89,9 @@ def four_devices(tmp_path_factory):
   root = tmp_path_factory.mktemp("four")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
-  args = [json.dumps(BASE.to_dict()), json.dumps([c.to_dict() for c in SEEDS])]
+  lm = dataclasses.replace(LM, data_dir=str(_write_corpus(root / "corpus")))
+  args = [json.dumps(c.to_dict()) for c in (BASE, lm)]
+  args.insert(1, json.dumps([c.to_dict() for c in SEEDS]))
   proc = subprocess.run(
     [sys.executable, "-c", textwrap.dedent(SCRIPT), str(root), *args],
     env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
@@ -90,7 +102,7 @@ def four_devices(tmp_path_factory):
     for ln in proc.stdout.splitlines()
     if ln.startswith(("ERRORS ", "PLANS "))
   }
-  return root, out["ERRORS"], out["PLANS"]
+  return root, out["ERRORS"], out["PLANS"], lm
 
 
 def _params(workdir, epoch=None):
@@ -107,7 +119,7 @@ def _close(a, b):
 
 
 def test_four_devices_equal_one_device(four_devices, tmp_path):
-  root, _, _ = four_devices
+  root, *_ = four_devices
   train_and_evaluate(BASE, tmp_path / "dp1", progress=False)
   _close(_params(root / "dp4"), _params(tmp_path / "dp1"))
   ev = lambda d: [r for r in read_jsonl(d / "metrics.jsonl") if r.get("event") == "eval"]
@@ -115,8 +127,20 @@ def test_four_devices_equal_one_device(four_devices, tmp_path):
     np.testing.assert_allclose(a["val/loss"], b["val/loss"], rtol=1e-5)
 
 
+def test_a_language_model_split_over_four_devices_equals_one_device(four_devices, tmp_path):
+  """Each device trains on its rows of the batch and draws its rows of the whole
+  batch's masks; the carry stays split with the streams."""
+  root, *_, lm = four_devices
+  train_runs([lm], [tmp_path / "lm1"], parallel="data", progress=False)
+  _close(_params(root / "lm4"), _params(tmp_path / "lm1"))
+  for name in ("metrics.jsonl", "summary.json"):
+    assert (root / "lm4" / name).exists()
+  ev = lambda d: [r["val/ppl"] for r in read_jsonl(d / "metrics.jsonl") if r.get("event") == "eval"]
+  np.testing.assert_allclose(ev(root / "lm4"), ev(tmp_path / "lm1"), rtol=1e-5)
+
+
 def test_checkpoint_from_four_devices_resumes_on_one(four_devices, tmp_path):
-  root, _, _ = four_devices
+  root, *_ = four_devices
   run = tmp_path / "run"
   shutil.copytree(root / "dp4", run)
   # As if the 4-device run had been killed right after its epoch-2 checkpoint.
@@ -131,7 +155,7 @@ def test_checkpoint_from_four_devices_resumes_on_one(four_devices, tmp_path):
 
 
 def test_an_indivisible_batch_gets_a_clear_error(four_devices):
-  _, errors, _ = four_devices
+  _, errors, *_ = four_devices
   assert "batch_size 10 is not divisible by the 4 devices" in errors["batch"]
   assert "use a multiple of 4 (e.g. 12)" in errors["batch"]
 
@@ -139,7 +163,7 @@ def test_an_indivisible_batch_gets_a_clear_error(four_devices):
 def test_runs_sharded_and_padded_over_devices_equal_the_group_on_one_device(four_devices, tmp_path):
   """3 runs on 4 devices, one run per device and a pad run, against the same group
   on one device (which equals each run alone: test_train.py)."""
-  root, _, _ = four_devices
+  root, *_ = four_devices
   assert sorted(p.name for p in (root / "runs3").iterdir()) == ["0", "1", "2"]
   one = [tmp_path / str(k) for k in range(3)]
   train_runs(SEEDS, one, progress=False)
@@ -155,7 +179,7 @@ def test_runs_sharded_and_padded_over_devices_equal_the_group_on_one_device(four
 
 
 def test_auto_gives_cores_whole_runs_or_splits_a_classifiers_batch(four_devices, tmp_path):
-  root, _, plans = four_devices
+  root, _, plans, _ = four_devices
   assert plans == {
     "clf 5x16": ["runs", 4],  # padded to 8
     "clf 2x16": ["data", 4],

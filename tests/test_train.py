@@ -132,8 +132,8 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
   """Fault injection: the step turns the parameters to NaN from epoch 4 on."""
   make = steps.make_train_step
 
-  def poisoned(model, tx, objective):
-    step = make(model, tx, objective)
+  def poisoned(model, tx, objective, **kw):
+    step = make(model, tx, objective, **kw)
 
     def train_step(state, batch, key):
       state, m = step(state, batch, key)

