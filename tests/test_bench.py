@@ -258,6 +258,23 @@ def test_the_language_model_steps_trace_with_their_objective_and_seeds(impl):
   assert jax.tree.structure(state) == jax.tree.structure(s.state)
 
 
+def test_our_sharded_step_is_the_librarys_per_device_step():
+  """``--shard`` times the library's data-parallel step (``batch_axis``): on one device
+  it is the plain step, bit for bit; the language model's carry is split with the batch."""
+  import jax
+  import numpy as np
+
+  plain, split = (bench_models.jax_step("seed_clf", "ours", shard=s) for s in (False, True))
+  a, b = (
+    plain.step(plain.state, plain.batch, plain.key),
+    split.step(split.state, split.batch, split.key),
+  )
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+  lm = bench_models.jax_step("ptb_small", "ours", shard=True)
+  state, _ = jax.eval_shape(lm.step, lm.state, lm.batch, lm.key)
+  assert jax.tree.structure(state) == jax.tree.structure(lm.state)
+
+
 def test_measures_one_step_in_a_child_process(tmp_path, capsys):
   """The one real measurement: the autodiff variant (impl="scan") through the whole driver."""
   out = tmp_path / "bench.json"
