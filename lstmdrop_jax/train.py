@@ -126,6 +126,7 @@ def train_runs(
         rf.prepare_run_folder(paths[k], configs[k].to_dict(), folders[k])
     par.sync("run folders prepared")
     group = _Group.compile(task, group_configs, mesh, parallel, runs_at_once)
+    # For evaluation, which XLA splits; the training step runs per device (whole rows).
     with fused.batch_split_over_devices(parallel == "data" and mesh.size > 1):
       done = group.train(
         [paths[k] for k in todo],
