@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -93,6 +94,43 @@ def lr_of_epoch(config: Any, epoch: int, steps_per_epoch: int) -> float:
   return float(schedule_of(config, steps_per_epoch)((epoch - 1) * steps_per_epoch))
 
 
+def global_norm(tree: Any) -> jax.Array:
+  """The L2 norm of all of ``tree``'s leaves, as ``optax.tree.norm``, summed by rows.
+
+  Each leaf's squares are summed along its last axis by a product with a vector
+  of ones, then over the rest. Summed over a whole 2-D leaf at once, XLA's CPU
+  backend computes the sum as a 32x32 windowed reduction first, which is slow
+  on wide leaves: 13 ms for a language model's ``[200, 10000]`` softmax kernel
+  against 1.2 ms by rows, a sixth of ptb_small's training step. The product is
+  in full float32 (no TF32 on GPUs).
+  """
+
+  def sum_of_squares(x: jax.Array) -> jax.Array:
+    x2 = jnp.square(x)
+    if x2.ndim < 2:
+      return jnp.sum(x2)
+    ones = jnp.ones(x2.shape[-1], x2.dtype)
+    return jnp.sum(jnp.dot(x2, ones, precision=jax.lax.Precision.HIGHEST))
+
+  return jnp.sqrt(sum(sum_of_squares(x) for x in jax.tree.leaves(tree)))
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """``optax.clip_by_global_norm`` with the norm of ``global_norm``: updates whose
+  global norm exceeds ``max_norm`` are scaled down to it."""
+
+  def update(updates, state, params=None):
+    del params
+    norm = global_norm(updates)
+    under = norm < max_norm
+    clipped = jax.tree.map(
+      lambda u: jnp.where(under, u, (u / norm.astype(u.dtype)) * max_norm), updates
+    )
+    return clipped, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(
   name: str,
   learning_rate: float | optax.Schedule,
@@ -124,7 +162,7 @@ def make_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; valid names are ['adam', 'sgd']")
   if clip_norm is None:
     return opt
-  return optax.chain(optax.clip_by_global_norm(clip_norm), opt)
+  return optax.chain(clip_by_global_norm(clip_norm), opt)
 
 
 def optimizer_of(config: Any, steps_per_epoch: int) -> optax.GradientTransformation:

@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 from lstmdrop_jax import dropout as dr
 from lstmdrop_jax import fused
 from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax.optim import global_norm
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -230,7 +231,7 @@ def make_train_step(
       grads = jax.lax.psum(grads, batch_axis)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+    metrics = dict(metrics, grad_norm=global_norm(grads))
     new_state = state.replace(
       step=state.step + 1,
       params=params,
@@ -299,7 +300,7 @@ def make_train_epoch(
     state = state.replace(carry=jax.tree.map(jnp.zeros_like, state.carry))
     new, per_step = jax.lax.scan(lambda s, b: step(s, b, key), state, batches)
     metrics = jax.tree.map(lambda a: jnp.sum(a, 0), per_step)
-    finite_params = jnp.isfinite(optax.tree.norm(new.params))
+    finite_params = jnp.isfinite(global_norm(new.params))
     metrics["finite"] = finite_params & jnp.isfinite(metrics["loss_sum"])
     return new, metrics
 

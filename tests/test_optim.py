@@ -54,6 +54,26 @@ def test_optimizer_clips_by_global_norm_and_rejects_unknown_names():
     optim.make_optimizer("adagrad", 1.0)
 
 
+def test_global_norm_and_its_clipping_equal_optaxs():
+  k = iter(jax.random.split(jax.random.key(0), 4))
+  tree = {
+    "scalar": jnp.float32(-3.0),
+    "bias": jax.random.normal(next(k), (50,)),
+    "kernel": jax.random.normal(next(k), (40, 300)),
+    "stacked": jax.random.normal(next(k), (3, 5, 70)),
+  }
+  np.testing.assert_allclose(optim.global_norm(tree), optax.tree.norm(tree), rtol=1e-6)
+  runs = jax.random.normal(next(k), (4, 6, 9)) * jnp.arange(1.0, 5.0)[:, None, None]
+  np.testing.assert_allclose(
+    jax.vmap(optim.global_norm)(runs), jax.vmap(optax.tree.norm)(runs), rtol=1e-6
+  )
+  norm = float(optax.tree.norm(tree))
+  for max_norm in (norm / 3, 2 * norm):  # clipped, then left alone
+    ours, _ = optim.clip_by_global_norm(max_norm).update(tree, optax.EmptyState())
+    theirs, _ = optax.clip_by_global_norm(max_norm).update(tree, optax.EmptyState())
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, theirs)
+
+
 def test_cosine_schedules_reach_zero_at_the_end_and_warm_up_linearly():
   base = Config(learning_rate=0.1, epochs=10)
   spe = 4

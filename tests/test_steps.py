@@ -1,5 +1,6 @@
 """Steps, losses and schedules; language-model training through the loop."""
 
+import re
 from pathlib import Path
 
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from lstmdrop_jax import DropoutConfig, LanguageModel, SequenceClassifier, steps
+from lstmdrop_jax import DropoutConfig, LanguageModel, SequenceClassifier, optim, steps
 from lstmdrop_jax.run_folder import read_jsonl
 
 PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
@@ -46,6 +47,19 @@ def test_train_step_is_pure_and_changes_every_parameter():
   # The step's masks depend on state.step: the next step draws other masks.
   _, m2 = step(s1, batch, jax.random.key(2))
   assert float(m2["loss_sum"]) != float(m1["loss_sum"])
+
+
+def test_a_language_models_step_sums_no_wide_leaf_by_2d_windows():
+  """The gradient norm (metric and clipping) sums a leaf by rows: XLA's CPU backend
+  sums a whole 2-D leaf as 32x32 windows first, slowly on a wide softmax kernel."""
+  lm = LanguageModel(vocab_size=96, hidden=40, layers=1, dropout=DropoutConfig(0.5, 0.5, 0.5))
+  tx = optim.make_optimizer("sgd", 1.0, clip_norm=5.0)
+  x = jnp.zeros((4, 6), jnp.int32)
+  state = steps.create_train_state(lm, tx, jax.random.key(0), x, steps.LANGUAGE_MODEL)
+  step = jax.jit(steps.make_train_step(lm, tx, steps.LANGUAGE_MODEL))
+  hlo = step.lower(state, {"x": x, "y": x}, jax.random.key(1)).compile().as_text()
+  windows = re.findall(r"reduce-window\(.*?window=\{size=([0-9x]+)", hlo)
+  assert not [w for w in windows if sum(int(n) > 1 for n in w.split("x")) > 1], windows
 
 
 def test_language_model_carry_continuity_in_eval_step():
