@@ -99,10 +99,12 @@ class LanguageModel(_OnStack, kw_only=True):
       ``LSTMStack`` (defaults: 200 units, 2 layers, forget bias 0 as in
       Zaremba et al.).
     embed_dim: embedding size (defaults to ``hidden``).
-    tie_weights: use the embedding matrix as the softmax weights (needs
-      ``embed_dim == hidden``).
-    init_scale: if set, every parameter is drawn from U(-s, s) as in Zaremba
-      et al.; otherwise the library defaults.
+    tie_weights: use the embedding matrix, transposed, as the softmax kernel
+      (Press & Wolf, 2017; needs ``embed_dim == hidden``); the softmax keeps a
+      bias of its own (``head_bias``, zeros at the start), as PyTorch's
+      word-language-model example's tied ``nn.Linear`` does.
+    init_scale: if set, every parameter (but a tied softmax's bias) is drawn
+      from U(-s, s) as in Zaremba et al.; otherwise the library defaults.
   """
 
   vocab_size: int
@@ -174,7 +176,8 @@ class LanguageModel(_OnStack, kw_only=True):
     B, T, H = y_BTH.shape
     y_NH = y_BTH.reshape(B * T, H)
     if self.tie_weights:
-      logits_NV = embed.attend(y_NH)
+      bias_V = self.param("head_bias", nn.initializers.zeros_init(), (self.vocab_size,))
+      logits_NV = embed.attend(y_NH) + bias_V
     else:
       dense_inits = {}
       if self.init_scale is not None:

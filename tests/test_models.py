@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lstmdrop_jax import DropoutConfig, LanguageModel, SequenceClassifier
@@ -90,3 +91,35 @@ def test_language_model_bad_inputs():
   lm = LanguageModel(vocab_size=10, hidden=4)
   with pytest.raises(ValueError, match=r"int token ids of shape \[batch, time\]"):
     lm.init(jax.random.key(0), jnp.ones((2, 3, 4)))
+
+
+def test_tied_gradient_equals_an_untied_model_tied_by_hand():
+  V, H = 30, 8
+  tokens = jax.random.randint(jax.random.key(0), (3, 7), 0, V)
+  targets = jnp.roll(tokens, -1, axis=1)
+  tied = LanguageModel(vocab_size=V, hidden=H, layers=2, tie_weights=True, init_scale=0.1)
+  untied = tied.clone(tie_weights=False)
+  p_tied = tied.init(jax.random.key(1), tokens)["params"]
+  assert p_tied["head_bias"].shape == (V,) and not p_tied["head_bias"].any()
+  p_tied = dict(p_tied, head_bias=jax.random.normal(jax.random.key(2), (V,)))  # not all zero
+
+  def nll(logits):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+  def tied_loss(p):
+    return nll(tied.apply({"params": p}, tokens)[0])
+
+  def by_hand(p):  # the untied model, its softmax kernel set to the embedding's transpose
+    rest = {k: v for k, v in p.items() if k != "head_bias"}
+    head = {"kernel": p["embed"]["embedding"].T, "bias": p["head_bias"]}
+    return nll(untied.apply({"params": {**rest, "head": head}}, tokens)[0])
+
+  np.testing.assert_allclose(tied_loss(p_tied), by_hand(p_tied), rtol=1e-6)
+  got, want = jax.grad(tied_loss)(p_tied), jax.grad(by_hand)(p_tied)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got, want)
+  # The embedding's gradient has both parts: input rows and softmax kernel.
+  untied_p = {**{k: v for k, v in p_tied.items() if k != "head_bias"},
+              "head": {"kernel": p_tied["embed"]["embedding"].T, "bias": p_tied["head_bias"]}}
+  g_untied = jax.grad(lambda p: nll(untied.apply({"params": p}, tokens)[0]))(untied_p)
+  both = g_untied["embed"]["embedding"] + g_untied["head"]["kernel"].T
+  np.testing.assert_allclose(got["embed"]["embedding"], both, rtol=1e-5, atol=1e-7)
