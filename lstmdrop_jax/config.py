@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from lstmdrop_jax.dropout import RATE_FIELDS, DropoutConfig
-from lstmdrop_jax.optim import ENDS_AT_LAST_EPOCH, SCHEDULES
+from lstmdrop_jax.optim import DECAYING, ENDS_AT_LAST_EPOCH, SCHEDULES
 from lstmdrop_jax.tasks import task_type
 
 
@@ -60,12 +60,18 @@ class Config:
   """Optimiser: Adam or plain SGD (Zaremba et al. use SGD)."""
   learning_rate: float = 1e-3
   """Initial (peak, with warm-up) learning rate."""
-  schedule: Literal["constant", "step", "cosine", "warmup_cosine"] = "step"
+  schedule: Literal["constant", "step", "cosine", "warmup_cosine", "plateau"] = "step"
   """Learning-rate schedule: constant; step (divided by lr_decay per epoch after decay_after
   epochs; constant with the default lr_decay 1); cosine decay to 0 over the run; linear
-  warm-up over warmup_epochs, then cosine decay to 0."""
+  warm-up over warmup_epochs, then cosine decay to 0; plateau (divided by lr_decay when
+  plateau_patience evaluations in a row bring no better validation loss)."""
   lr_decay: float = 1.0
-  """Schedule 'step': divide the learning rate by this once per epoch after decay_after epochs."""
+  """Schedules 'step' and 'plateau': divide the learning rate by this (step: once per epoch
+  after decay_after epochs; plateau: when the validation loss stops improving)."""
+  plateau_patience: int = 1
+  """Schedule 'plateau': evaluations in a row without a better validation loss before the
+  learning rate is divided (1: after every such evaluation, as PyTorch's word-language-model
+  example does)."""
   decay_after: int = 0
   """Schedule 'step': epochs at the initial learning rate before the decay starts."""
   warmup_epochs: int = 0
@@ -107,7 +113,8 @@ class Config:
     if not isinstance(self.dataset, str):
       raise ValueError(f"dataset must be a name, got {self.dataset!r}")
     positive = (
-      "hidden layers num_steps batch_size epochs eval_every eval_batch_size keep_checkpoints"
+      "hidden layers num_steps batch_size epochs eval_every eval_batch_size keep_checkpoints "
+      "plateau_patience"
     )
     for name in positive.split():
       value = getattr(self, name)
@@ -153,8 +160,16 @@ class Config:
   def _validate_schedule(self) -> None:
     if self.schedule not in SCHEDULES:
       raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-    if self.schedule != "step" and (self.lr_decay != 1.0 or self.decay_after):
-      raise ValueError(f"lr_decay and decay_after belong to schedule 'step', not {self.schedule!r}")
+    if self.schedule != "step" and self.decay_after:
+      raise ValueError(f"decay_after belongs to schedule 'step', not {self.schedule!r}")
+    if self.schedule not in DECAYING and self.lr_decay != 1.0:
+      raise ValueError(f"lr_decay belongs to schedules {list(DECAYING)}, not {self.schedule!r}")
+    if self.schedule == "plateau" and not self.lr_decay > 1.0:
+      raise ValueError(
+        f"schedule 'plateau' divides the rate by lr_decay, which must be > 1, got {self.lr_decay}"
+      )
+    if self.schedule != "plateau" and self.plateau_patience != 1:
+      raise ValueError("plateau_patience belongs to schedule 'plateau'")
     if self.warmup_epochs and self.schedule != "warmup_cosine":
       raise ValueError("warmup_epochs needs --schedule warmup_cosine")
     if self.schedule == "warmup_cosine" and not 0 < self.warmup_epochs < self.epochs:

@@ -196,6 +196,7 @@ class _Group:
   epoch_fn: Any
   eval_fn: Any
   eval_sharding: Any
+  observe_fn: Any = None  # feeds validation losses to a plateau schedule (None: no plateau)
   runs: list[_Run] = dataclasses.field(default_factory=list)
   states: Any = None  # the stacked train states, laid out on the mesh
   keys: Any = None  # the stacked dropout keys
@@ -217,6 +218,7 @@ class _Group:
 
     def run_epoch(state, batches, key_data, active):
       new, metrics = train_epoch(state, batches, jax.random.wrap_key_data(key_data))
+      metrics = dict(metrics, lr_scale=optim.lr_scale(new.opt_state))
       # Frozen runs (finished, stopped, diverged) keep their state.
       return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state), metrics
 
@@ -238,7 +240,15 @@ class _Group:
       over_runs(steps.make_evaluate(model, task.objective)), out_shardings=sh["replicated"]
     )
     eval_sharding = sh["eval"] if task.eval_splittable or mode == "runs" else sh["replicated"]
-    return cls(configs, task, model, tx, sh, epoch_fn, eval_fn, eval_sharding)
+    observe_fn = None
+    if (plateau := optim.plateau_of(cfg)) is not None:
+
+      def observe(state, value, due):
+        new = state.replace(opt_state=optim.observe_plateau(state.opt_state, value, *plateau))
+        return jax.tree.map(lambda n, o: jnp.where(due, n, o), new, state)
+
+      observe_fn = jax.jit(jax.vmap(observe), donate_argnums=0, out_shardings=sh["state"])
+    return cls(configs, task, model, tx, sh, epoch_fn, eval_fn, eval_sharding, observe_fn)
 
   def open_runs(self, paths: Sequence[Path], finished: Sequence[bool], started: float) -> None:
     """Restores each run from its latest checkpoint, or starts it, and stacks the states."""
@@ -368,11 +378,21 @@ class _Group:
     if not due:
       return {}
     last = any(self.runs[k].epoch >= self.runs[k].config.epochs for k in due)
-    return {
+    evals = {
       split: jax.device_get(self.eval_fn(self.states, b))
       for split, b in eval_batches.items()
       if last or split not in self.task.final_only_splits
     }
+    if self.observe_fn is not None:  # before the checkpoints: a resumed run has the new rate
+      val = evals["val"]
+      loss = np.asarray(val["loss_sum"], np.float32) / np.maximum(val["count"], 1.0)
+      flags = np.isin(np.arange(len(self.runs)), due)
+      self.states = self.observe_fn(
+        self.states,
+        par.put(loss.astype(np.float32), self.shardings["state"]),
+        par.put(flags, self.shardings["state"]),
+      )
+    return evals
 
   def end_epoch(self, run: _Run, evals: dict[str, dict], rows: par.Rows) -> None:
     """Logs the run's evaluation, keeps its best, checkpoints, and finishes it if done."""

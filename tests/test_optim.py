@@ -92,7 +92,8 @@ def test_cosine_schedules_reach_zero_at_the_end_and_warm_up_linearly():
 @pytest.mark.parametrize(
   ("changes", "message"),
   [
-    ({"lr_decay": 2.0, "schedule": "cosine"}, "lr_decay and decay_after belong to schedule 'step'"),
+    ({"lr_decay": 2.0, "schedule": "cosine"}, r"lr_decay belongs to schedules \['step', 'plateau'\]"),
+    ({"decay_after": 2, "schedule": "cosine"}, "decay_after belongs to schedule 'step'"),
     ({"warmup_epochs": 2}, "warmup_epochs needs --schedule warmup_cosine"),
     ({"schedule": "warmup_cosine"}, r"needs 0 < warmup_epochs < epochs \(100\), got 0"),
     ({"schedule": "linear"}, "schedule must be one of"),
@@ -116,3 +117,52 @@ def test_which_changes_extend_a_run():
   with pytest.raises(ValueError, match="spans the run's 20 epochs: extending it to 40 would"):
     check_resume(cosine, dataclasses.replace(cosine, epochs=40))
   assert check_resume(cosine, dataclasses.replace(cosine, early_stopping=3)) is True
+
+
+def _plateau_scales(losses, lr_decay, patience):
+  """The scale after each evaluation, by the rule written out: divide by ``lr_decay``
+  after ``patience`` evaluations in a row not below (1 - 1e-4) times the best."""
+  best, bad, scale, out = np.inf, 0, 1.0, []
+  for v in losses:
+    if v < (1 - 1e-4) * best:
+      best, bad = v, 0
+    else:
+      bad += 1
+      if bad == patience:
+        scale, bad = scale / lr_decay, 0
+    out.append(scale)
+  return out
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_plateau_divides_the_rate_after_evaluations_without_improvement(patience):
+  params = {"w": jnp.ones(3)}
+  tx = optim.make_optimizer("sgd", 0.5, clip_norm=10.0, plateau=(4.0, patience))
+  state = tx.init(params)
+  losses = [3.0, 2.0, 2.5, 1.9, 1.95, 1.95, 1.8999, 1.0, 1.2, 1.3, 1.4]
+  want = _plateau_scales(losses, 4.0, patience)
+  grads = {"w": jnp.array([1.0, -2.0, 0.5])}
+  for v, scale in zip(losses, want, strict=True):
+    state = optim.observe_plateau(state, jnp.float32(v), 4.0, patience)
+    assert float(optim.lr_scale(state)) == pytest.approx(scale)
+    # A training step applies the scale and leaves the plateau's count alone.
+    updates, after = tx.update(grads, state, params)
+    np.testing.assert_allclose(updates["w"], -0.5 * scale * grads["w"], rtol=1e-6)
+    jax.tree.map(np.testing.assert_array_equal, after, state)
+  assert want[-1] < 1.0  # the sequence exercises the division
+  assert float(optim.lr_scale(optax.sgd(0.1).init(params))) == 1.0  # no plateau: 1
+
+
+def test_plateau_config_is_checked():
+  base = Config(dataset="synthetic", schedule="plateau", lr_decay=4.0)
+  base.validate()
+  with pytest.raises(ValueError, match="lr_decay, which must be > 1"):
+    dataclasses.replace(base, lr_decay=1.0).validate()
+  with pytest.raises(ValueError, match="plateau_patience belongs to schedule 'plateau'"):
+    Config(dataset="synthetic", plateau_patience=3).validate()
+  with pytest.raises(ValueError, match="plateau_patience must be an integer >= 1"):
+    dataclasses.replace(base, plateau_patience=0).validate()
+  with pytest.raises(ValueError, match="decay_after belongs to schedule 'step'"):
+    dataclasses.replace(base, decay_after=2).validate()
+  # Extending a plateau run is allowed: the rate depends on the epochs trained so far.
+  assert check_resume(base, dataclasses.replace(base, epochs=base.epochs + 5))

@@ -164,7 +164,8 @@ def _cli(workdir, *extra):
   return [
       sys.executable, "-m", "lstmdrop_jax.train", "--workdir", str(workdir),
       "--dataset", "synthetic", "--hidden", "12", "--epochs", "24", "--checkpoint-every", "3",
-      "--dropout.output", "0.3", "--dropout.between", "0.2", "--unroll", "1", *extra,
+      "--dropout.output", "0.3", "--dropout.between", "0.2", "--unroll", "1",
+      "--schedule", "plateau", "--lr-decay", "2", "--learning-rate", "0.01", *extra,
   ]  # fmt: skip
 
 
@@ -176,6 +177,8 @@ def _default_sigint() -> None:
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
   subprocess.run(_cli(workdir), check=True, cwd=ROOT, capture_output=True)
+  lrs = [r["lr"] for r in read_jsonl(workdir / "metrics.jsonl") if "lr" in r]
+  assert lrs[3] < lrs[0], lrs  # the plateau's state is in the checkpoints that resume
   return workdir
 
 

@@ -227,6 +227,23 @@ def test_warmup_cosine_is_the_learning_rate_of_the_log(tmp_path):
   assert lrs[0] == 0.0 and lrs[1] == pytest.approx(0.01) and lrs[3] < lrs[2] < lrs[1]
 
 
+def test_a_plateau_schedule_divides_the_logged_rate_when_validation_stalls(tmp_path):
+  cfg = dataclasses.replace(FAST, dataset="synthetic", epochs=8, schedule="plateau",
+                            lr_decay=4.0, learning_rate=0.03)  # fmt: skip
+  train_and_evaluate(cfg, tmp_path / "run", progress=False)
+  log = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+  lrs = [r["lr"] for r in log if "lr" in r]
+  rate, best, want = 0.03, np.inf, []
+  for r in (r for r in log if r.get("event") == "eval"):
+    want.append(rate)  # the rate an epoch trains with, then its validation decides
+    if r["val/loss"] < (1 - 1e-4) * best:
+      best = r["val/loss"]
+    else:
+      rate /= 4.0
+  assert lrs == pytest.approx(want, rel=1e-6)
+  assert lrs[-1] < 0.03  # the run saw a plateau
+
+
 def test_the_best_checkpoint_follows_the_chosen_metric(tmp_path):
   cfg = dataclasses.replace(FAST, dataset="synthetic", epochs=5, best_metric="val_loss")
   summary = train_and_evaluate(cfg, tmp_path / "run", progress=False)

@@ -118,7 +118,7 @@ class ClassificationTask:
       "train_loss": m["loss_sum"] / n,  # with dropout, averaged over the epoch
       "train_accuracy_dropout": m["correct"] / n,
       "grad_norm": m["grad_norm"] / self.steps_per_epoch,
-      "lr": optim.lr_of_epoch(config, epoch, self.steps_per_epoch),
+      "lr": optim.lr_of_epoch(config, epoch, self.steps_per_epoch, m.get("lr_scale", 1.0)),
     }
 
   @staticmethod

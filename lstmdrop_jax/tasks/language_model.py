@@ -100,7 +100,7 @@ class LanguageModelTask:
     return {
       "train_ppl": math.exp(min(m["loss_sum"] / m["count"], 700.0)),
       "grad_norm": m["grad_norm"] / self.steps_per_epoch,
-      "lr": optim.lr_of_epoch(config, epoch, self.steps_per_epoch),
+      "lr": optim.lr_of_epoch(config, epoch, self.steps_per_epoch, m.get("lr_scale", 1.0)),
     }
 
   @staticmethod
