@@ -23,13 +23,19 @@ from typing import Any, NamedTuple
 
 #: name: batch B, steps T, input features F or vocabulary V, hidden H, layers L,
 #: and the head ("binary": one logit from the last step; "lm": next-token softmax).
+#: ``ptb_cpu`` is experiments/ptb_cpu.py's model: PyTorch's word-language-model
+#: example, tied softmax, trained by SGD with gradient clipping ("sgd_clip"); the
+#: others by Adam.
 CONFIGS = {
   "seed_clf": dict(B=64, T=100, F=20, H=64, L=2, head="binary"),
   "zaremba_medium": dict(B=20, T=35, V=10_000, H=650, L=2, head="lm"),
   "zaremba_large": dict(B=20, T=35, V=10_000, H=1500, L=2, head="lm"),
   "wide_clf": dict(B=256, T=100, F=20, H=512, L=2, head="binary"),
   "ptb_small": dict(B=20, T=20, V=10_000, H=200, L=2, head="lm"),
+  "ptb_cpu": dict(B=20, T=35, V=10_000, H=200, L=2, head="lm", tied=True, opt="sgd_clip"),
 }
+#: The ptb_cpu recipe's SGD in our loss's units (per-token lr 20 and clip 0.25, x35 steps).
+SGD_LR, SGD_CLIP = 20.0 / 35, 0.25 * 35
 #: What to measure by default: the small models on a CPU, the paper-sized ones on a GPU.
 DEFAULT_CONFIGS = {
   "cpu": ["seed_clf", "ptb_small"],
@@ -140,7 +146,8 @@ def _ours(c: dict, impl: str, dtype: str, unroll: int | None, tx, x, dropout: st
     impl="scan" if impl == "ours-scan" else "fused",
   )
   if c["head"] == "lm":
-    model, objective = LanguageModel(vocab_size=c["V"], **common), steps.LANGUAGE_MODEL
+    lm = LanguageModel(vocab_size=c["V"], tie_weights=c.get("tied", False), **common)
+    model, objective = lm, steps.LANGUAGE_MODEL
   else:
     model, objective = SequenceClassifier(**common), steps.CLASSIFIER
   init = lambda k: steps.create_train_state(model, tx, k, x, objective)
@@ -164,8 +171,9 @@ def _flax_stock(c: dict, dtype: str, unroll: int | None, tx, x):
   class Stock(nn.Module):
     @nn.compact
     def __call__(self, x, train):
+      embed = nn.Embed(c["V"], c["H"]) if lm else None
       if lm:
-        x = nn.Embed(c["V"], c["H"])(x)
+        x = embed(x)
       x = nn.Dropout(RATE, deterministic=not train)(x)
       for layer in range(c["L"]):
         if layer:
@@ -174,6 +182,9 @@ def _flax_stock(c: dict, dtype: str, unroll: int | None, tx, x):
       if not lm:
         x = x[:, -1]
       x = nn.Dropout(RATE, deterministic=not train)(x)
+      if c.get("tied"):
+        bias = self.param("head_bias", nn.initializers.zeros_init(), (c["V"],))
+        return (embed.attend(x) + bias).astype(jnp.float32)
       out = nn.Dense(c["V"] if lm else 1, dtype=cdt)(x)
       return out.astype(jnp.float32) if lm else out[:, 0].astype(jnp.float32)
 
@@ -226,7 +237,11 @@ def jax_step(
 
   if impl not in JAX_IMPLS:
     raise ValueError(f"impl must be one of {JAX_IMPLS}, got {impl!r}")
-  c, key, tx = CONFIGS[config], jax.random.key(0), optax.adam(1e-3)
+  from lstmdrop_jax import optim
+
+  c, key = CONFIGS[config], jax.random.key(0)
+  sgd = c.get("opt") == "sgd_clip"
+  tx = optim.make_optimizer("sgd", SGD_LR, clip_norm=SGD_CLIP) if sgd else optax.adam(1e-3)
   batch = _jax_batch(c, key)
   if impl == "flax":
     init, run = _flax_stock(c, dtype, unroll, tx, batch["x"])
@@ -272,13 +287,17 @@ def torch_step(config: str, dtype: str = "float32", device: str = "cpu") -> Call
       fin = c["H"] if lm else c["F"]
       self.lstm = nn.LSTM(fin, c["H"], num_layers=c["L"], dropout=RATE, batch_first=True)
       self.head = nn.Linear(c["H"], c["V"] if lm else 1)
+      if c.get("tied"):
+        self.head.weight = self.embed.weight
 
     def forward(self, x):
       y, _ = self.lstm(self.drop_in(self.embed(x) if lm else x))
       return self.head(self.drop_out(y if lm else y[:, -1]))
 
   model = Model().to(dev).train()
-  opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+  sgd = c.get("opt") == "sgd_clip"
+  params = model.parameters()
+  opt = torch.optim.SGD(params, lr=SGD_LR) if sgd else torch.optim.Adam(params, lr=1e-3)
   if lm:
     x_BT = torch.randint(0, c["V"], (c["B"], c["T"]), device=dev)
     y_BT = torch.roll(x_BT, -1, 1)
@@ -300,6 +319,8 @@ def torch_step(config: str, dtype: str = "float32", device: str = "cpu") -> Call
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
       loss = loss_fn(model(x))
     loss.backward()
+    if sgd:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), SGD_CLIP)
     opt.step()
 
   return step
