@@ -134,6 +134,7 @@ def main(argv=None) -> None:
       parallel=args.parallel,
       runs_at_once=args.runs_at_once,
       title=title,
+      name="overfit",
     )
   except (ValueError, OSError, RunFolderError) as e:
     raise SystemExit(f"error: {e}") from None

@@ -1,12 +1,16 @@
-"""The report's figures (matplotlib, files only): curves per setting, per-run losses, gap.
+"""The report's figures (matplotlib, files only): curves per setting, per-run losses, and
+the gap against rate (``plot_gap``) or per setting (``plot_settings``).
 
 Each function takes the rows of ``report.report_rows`` (one per config but
-the seed, with their runs' log records) and writes one PNG.
+the seed, with their runs' log records) and writes one PNG. Panels wrap
+into rows of at most ``COLUMNS``, and long titles wrap, so a sweep of some
+30 settings stays readable.
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,9 +48,51 @@ def _curves(runs: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
   return np.array(common), np.array([[s[e] for e in common] for s in series])
 
 
+#: Panels per row of a figure.
+COLUMNS = 4
+
+
 def _others(row: dict) -> str:
   """The row's other varying fields, as a panel-title prefix."""
   return ", ".join(f"{k}={v}" for k, v in row["fields"].items())
+
+
+def _title(*parts: str, width: int = 38) -> str:
+  """A panel title: the non-empty parts, each wrapped to ``width`` characters."""
+  return "\n".join(textwrap.fill(p, width) for p in parts if p)
+
+
+def _grid(plt, n: int, width: float, height: float, **kwargs):
+  """A figure of ``n`` panels in rows of at most ``COLUMNS``; the unused axes are hidden."""
+  cols = min(n, COLUMNS)
+  nrows = -(-n // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, height * nrows), squeeze=False,
+                           **kwargs)  # fmt: skip
+  for ax in list(axes.flat)[n:]:
+    ax.axis("off")
+  return fig, list(axes.flat)[:n]
+
+
+def _label(row: dict) -> str:
+  """A row's setting and rate (``none`` and custom settings, whose rates are in their
+  name, alone)."""
+  if row["setting"] == "none" or row["setting"].startswith("custom"):
+    return row["setting"]
+  return f"{row['setting']} {row['rate']:g}"
+
+
+def rate_sweep(rows: Sequence[dict]) -> bool:
+  """Whether the rows are settings at several rates: every setting but none is one
+  placement or all three at a rate, and some setting has at least two rates (with
+  the other fields equal). Then ``plot_gap`` applies; otherwise ``plot_settings``."""
+  rates: dict[tuple, set] = defaultdict(set)
+  for r in rows:
+    if r["setting"] == "none":
+      continue
+    if r["setting"].startswith("custom"):
+      return False
+    rates[(json.dumps(r["fields"], sort_keys=True), r["setting"])].add(r["rate"])
+  return any(len(v) > 1 for v in rates.values())
 
 
 def plot_curves(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
@@ -64,16 +110,14 @@ def plot_curves(rows: Sequence[dict], path: str | Path, title: str = "") -> Path
       panels[(others, r["setting"])].append(r)
   if not panels:
     panels = {(k, "none"): [] for k in nones}
-  fig, axes = plt.subplots(
-    1, len(panels), figsize=(4 * len(panels), 3.4), sharey=True, squeeze=False
-  )
+  fig, axes = _grid(plt, len(panels), 4.0, 3.4, sharey=True)
   cmap = plt.get_cmap("viridis")
-  for ax, ((others, setting), members) in zip(axes[0], panels.items(), strict=True):
+  for ax, ((others, setting), members) in zip(axes, panels.items(), strict=True):
     entries = ([nones[others]] if others in nones else []) + sorted(
       members, key=lambda r: r["rate"]
     )
     for i, r in enumerate(entries):
-      label = "none" if r["setting"] == "none" else f"{r['rate']:g}"
+      label = f"{r['rate']:g}" if r["rate"] else r["setting"].split(":")[0]  # none, custom
       color = "black" if label == "none" else cmap(i / max(len(entries), 2))
       for key, style in (("train/accuracy", "--"), ("val/accuracy", "-")):
         epochs, vals = _curves(r["runs"], key)
@@ -83,11 +127,11 @@ def plot_curves(rows: Sequence[dict], path: str | Path, title: str = "") -> Path
         ax.plot(epochs, m, style, color=color, lw=1.3, label=label if style == "-" else None)
         ax.fill_between(epochs, m - s, m + s, color=color, alpha=0.12, lw=0)
     prefix = _others(entries[0]) if entries else ""
-    ax.set_title((f"{prefix}\n" if prefix else "") + f"dropout: {setting}", fontsize=9)
+    ax.set_title(_title(prefix, f"dropout: {setting}"), fontsize=8)
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel("accuracy (dashed: train, solid: val)")
-  axes[0][-1].legend(title="rate", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    ax.legend(title="rate", fontsize=7, title_fontsize=7, loc="lower right")
+  axes[0].set_ylabel("accuracy (dashed: train, solid: val)")
   if title:
     fig.suptitle(title)
   return _save(fig, path)
@@ -97,13 +141,9 @@ def plot_losses(rows: Sequence[dict], path: str | Path, title: str = "") -> Path
   """Every run's loss curves: one panel per row, one colour per seed; dashed the
   training loss (with dropout, the epoch's mean), solid the validation loss."""
   plt = _pyplot()
-  n = len(rows)
-  cols = min(n, 4)
-  fig, axes = plt.subplots(
-    -(-n // cols), cols, figsize=(3.6 * cols, 2.8 * -(-n // cols)), squeeze=False
-  )
+  fig, axes = _grid(plt, len(rows), 3.6, 2.8)
   cmap = plt.get_cmap("tab10")
-  for ax, r in zip(axes.flat, rows, strict=False):
+  for ax, r in zip(axes, rows, strict=True):
     for j, run in enumerate(sorted(r["runs"], key=lambda m: m["config"]["seed"])):
       color = cmap(j % 10)
       for key, style in (("train_loss", "--"), ("val/loss", "-")):
@@ -111,41 +151,50 @@ def plot_losses(rows: Sequence[dict], path: str | Path, title: str = "") -> Path
         if s:
           ax.plot(list(s), list(s.values()), style, color=color, lw=1.0,
                   label=f"seed {run['config']['seed']}" if style == "-" else None)  # fmt: skip
-    label = r["setting"] + ("" if r["setting"] == "none" else f" {r['rate']:g}")
-    prefix = _others(r)
-    ax.set_title((f"{prefix}\n" if prefix else "") + label, fontsize=9)
+    ax.set_title(_title(_others(r), _label(r)), fontsize=8)
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
-  for ax in list(axes.flat)[n:]:
-    ax.axis("off")
-  axes[0][0].set_ylabel("loss (dashed: train, solid: val)")
-  axes[0][0].legend(fontsize=7)
+  axes[0].set_ylabel("loss (dashed: train, solid: val)")
+  axes[0].legend(fontsize=7)
   if title:
     fig.suptitle(title)
   return _save(fig, path)
 
 
 def plot_gap(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
-  """Final train - validation accuracy gap against rate, one line per setting.
+  """Final train - validation accuracy gap against rate, one line per setting and a
+  panel per value of the other varying fields (``rate_sweep`` rows).
 
   Every seed is a dot and the line joins the means; 95% intervals are drawn
   only from 3 seeds on (with 2 a t-interval is wider than the plot). The
-  no-dropout gap is the dashed line, its seeds the grey band's ends.
+  panel's no-dropout gap is the dashed line, its seeds the grey band's ends.
   """
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
-  settings = list(dict.fromkeys(r["setting"] for r in rows if r["setting"] != "none"))
+  panels: dict[str, list[dict]] = defaultdict(list)
+  for r in rows:
+    panels[json.dumps(r["fields"], sort_keys=True)].append(r)
+  fig, axes = _grid(plt, len(panels), 5.5, 3.8)
+  for ax, members in zip(axes, panels.values(), strict=True):
+    _gap_panel(ax, members)
+    ax.set_title(_title(_others(members[0]), title, width=50), fontsize=9)
+  return _save(fig, path)
+
+
+def _gap_panel(ax, rows: Sequence[dict]) -> None:
   for r in rows:
     if r["setting"] == "none":
       gaps = _gaps(r)
       ax.axhline(np.mean(gaps), color="black", ls="--", lw=1, label="none")
       ax.axhspan(min(gaps), max(gaps), color="black", alpha=0.06)
+  settings = list(dict.fromkeys(r["setting"] for r in rows if r["setting"] != "none"))
+  rates = sorted({r["rate"] for r in rows if r["setting"] != "none"})
+  spread = (rates[-1] - rates[0]) if len(rates) > 1 else 1.0
   for k, setting in enumerate(settings):
     sel = sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["rate"])
     x = np.array([r["rate"] for r in sel])
     mean = np.array([r["gap"]["mean"] for r in sel])
     (line,) = ax.plot(x, mean, marker="o", label=setting)
-    jitter = (k - (len(settings) - 1) / 2) * 0.004
+    jitter = (k - (len(settings) - 1) / 2) * 0.01 * spread
     for r in sel:
       gaps = _gaps(r)
       ax.scatter(
@@ -154,13 +203,48 @@ def plot_gap(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
       if r["gap"]["n"] >= 3:
         lo, hi = r["gap"]["lo"], r["gap"]["hi"]
         ax.vlines(r["rate"] + jitter, lo, hi, color=line.get_color(), lw=1.2)
+  ax.set_xticks(rates)
   ax.set_xlabel("dropout rate")
   ax.set_ylabel("final train - val accuracy")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7)
+
+
+#: The dot plot's panels: (report metric, axis label).
+SETTING_PANELS = (("gap", "final train - val accuracy"), ("test_acc", "test accuracy @ best val"))
+
+
+def plot_settings(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
+  """One line per row (setting, rate and other fields): every seed a dot, the mean a
+  diamond with its 95% interval from 3 seeds on; a panel each for the final gap and
+  the test accuracy at the best validation checkpoint (for sweeps that are not
+  ``rate_sweep``s)."""
+  plt = _pyplot()
+  labels = [_title(_label(r), _others(r), width=60).replace("\n", "; ") for r in rows]
+  height = 0.32 * len(rows) + 1.4
+  fig, axes = plt.subplots(1, len(SETTING_PANELS), figsize=(11, height), sharey=True,
+                           squeeze=False)  # fmt: skip
+  y = np.arange(len(rows))[::-1]
+  for ax, (name, xlabel) in zip(axes[0], SETTING_PANELS, strict=True):
+    for yi, r in zip(y, rows, strict=True):
+      values = _values(r, name)
+      ax.scatter(values, np.full(len(values), yi), s=10, color="tab:blue", alpha=0.5)
+      m = r[name]
+      if m["n"] >= 3:
+        ax.plot([m["lo"], m["hi"]], [yi, yi], color="black", lw=1.2)
+      ax.plot(m["mean"], yi, "D", color="black", ms=4)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+  axes[0][0].set_yticks(y, labels, fontsize=7)
   if title:
-    ax.set_title(title)
+    fig.suptitle(title, fontsize=10)
   return _save(fig, path)
+
+
+def _values(row: dict, name: str) -> list[float]:
+  if name == "gap":
+    return _gaps(row)
+  return [float(m["summary"]["best"].get("test/accuracy", np.nan)) for m in row["runs"]]
 
 
 def _gaps(row: dict) -> list[float]:

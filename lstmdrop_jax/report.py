@@ -1,21 +1,33 @@
 """Run folders -> paper-style tables (Markdown, CSV, LaTeX) and plots.
 
 Reads files only; never trains, never imports the model. A run folder is any
-folder holding ``config.json`` (see ``run_folder.py``). Runs are grouped by
-their whole config except the seed, so runs that differ in dataset, size,
-epochs or anything else never share a row; each row shows its number of
-seeds ``n``, every number is mean ± std over them with a 95% t-interval for
-the mean, and the fields that differ between rows get a column each.
-Diverged and unfinished runs are left out (and counted on stderr).
+folder holding ``config.json`` (see ``run_folder.py``).
+
+The grouping rule (``GROUPING_RULE``): a row is one config, seed aside, on
+one data (``data_key``: the fingerprint of your own arrays in ``data.json``,
+else what ``data.json`` says of a named dataset), so runs that differ in
+dataset, size, epochs, data or anything else never share a row. A seed
+counts once per row: of several runs with the same config, seed and data,
+the one trained longest is kept and the others are named as left out. Each
+row shows its number of distinct seeds, every number is mean ± std over
+them with a 95% t-interval for the mean, and the fields that differ between
+rows get a column each (``data`` too, when rows differ in it). Diverged and
+unfinished runs are left out. The report prints the rule and what it left
+out or split, and writes them under the Markdown table.
 
 Command line::
 
   python -m lstmdrop_jax.report results/overfit_GunPoint/runs --out results/overfit_GunPoint
+
+writes ``overfit_GunPoint.{md,csv,tex}`` and ``overfit_GunPoint_*.png`` (the
+files take the name of ``--out``'s folder, or ``--name``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -47,24 +59,45 @@ def setting_rates(setting: str, rate: float) -> dict[str, float]:
 
 
 def load_runs(root: str | Path) -> list[dict[str, Any]]:
-  """Every run folder under ``root``: ``{'path', 'config', 'summary', 'records'}``.
+  """Every run folder under ``root``: ``{'path', 'config', 'data', 'summary', 'records'}``.
 
-  ``summary`` is None for a run that has not finished.
+  ``summary`` is None for a run that has not finished; ``data`` is its
+  ``data.json`` (None before its first start).
   """
+  fix = "restore it, or move the run folder out of the report's folder"
   runs = []
   for cfg in sorted(Path(root).rglob("config.json")):
     folder = cfg.parent
+    data = folder / "data.json"
     runs.append(
       {
         "path": folder,
-        "config": normalized(
-          read_json(cfg, "restore it, or move the run folder out of the report's folder")
-        ),
+        "config": normalized(read_json(cfg, fix)),
+        "data": read_json(data, fix) if data.exists() else None,
         "summary": read_summary(folder),
         "records": read_jsonl(folder / "metrics.jsonl"),
       }
     )
   return runs
+
+
+GROUPING_RULE = (
+  "a row is one config (seed aside) on one data (data.json's fingerprint of your own arrays, "
+  "else its description of a named dataset); a seed counts once per row (of runs with the "
+  "same config, seed and data, the one trained longest)"
+)
+
+
+def data_key(data: dict[str, Any] | None) -> str:
+  """A short name of the data a run trained on, from its ``data.json``: the fingerprint
+  of your own arrays, else a hash of the description of a named dataset (its
+  normalisation statistics aside, which depend on the seed's split)."""
+  if not data:
+    return ""
+  if data.get("fingerprint"):
+    return str(data["fingerprint"])[:8]
+  described = {k: v for k, v in data.items() if k != "normalizer"}
+  return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def placement_of(config: dict[str, Any]) -> tuple[str, float]:
@@ -142,27 +175,95 @@ def _without_seed(config: dict[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in config.items() if k != "seed"}
 
 
+@dataclasses.dataclass
+class Grouping:
+  """The rows of a set of runs (``group_runs``) and what the grouping left out or split.
+
+  Attributes:
+    rows: one per config (seed aside) and data, sorted (``report_rows``).
+    unfinished: folders of runs left out as unfinished or diverged.
+    duplicates: ``(kept, left out)`` folders of runs with the same config, seed
+      and data.
+    split_by_data: one line per config whose runs trained on more than one data.
+  """
+
+  rows: list[dict[str, Any]]
+  unfinished: list[Path] = dataclasses.field(default_factory=list)
+  duplicates: list[tuple[Path, list[Path]]] = dataclasses.field(default_factory=list)
+  split_by_data: list[str] = dataclasses.field(default_factory=list)
+
+  def notes(self) -> list[str]:
+    """The rule and every exception to it, one line each."""
+    lines = [f"Grouping: {GROUPING_RULE}."]
+    if self.unfinished:
+      lines.append(f"Left out, unfinished or diverged: {_paths(self.unfinished)}.")
+    for kept, dropped in self.duplicates:
+      lines.append(f"Same config, seed and data: kept {kept}, left out {_paths(dropped)}.")
+    lines += [f"Same config on other data, separate rows: {line}." for line in self.split_by_data]
+    return lines
+
+
+def _paths(paths: Sequence[Path]) -> str:
+  return ", ".join(str(p) for p in paths)
+
+
+def _finished(run: dict) -> bool:
+  s = run["summary"]
+  return s is not None and s.get("status") != "diverged" and s.get("final") is not None
+
+
+def group_runs(runs: Sequence[dict]) -> Grouping:
+  """Groups finished runs by config (seed aside) and data (``GROUPING_RULE``).
+
+  Of several runs with the same config, seed and data, the one with the most
+  epochs is kept (the first by folder on a tie).
+  """
+  done = [r for r in runs if _finished(r)]
+  out = Grouping(rows=[], unfinished=[r["path"] for r in runs if not _finished(r)])
+  groups: dict[tuple[str, str], dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+  for r in done:
+    key = (json.dumps(_without_seed(r["config"]), sort_keys=True), data_key(r["data"]))
+    groups[key][r["config"]["seed"]].append(r)
+  members_of: dict[tuple[str, str], list[dict]] = {}
+  for key, by_seed in groups.items():
+    members_of[key] = []
+    for same in by_seed.values():
+      same = sorted(same, key=lambda r: (-r["summary"].get("epochs", 0), str(r["path"])))
+      members_of[key].append(same[0])
+      if len(same) > 1:
+        out.duplicates.append((same[0]["path"], [r["path"] for r in same[1:]]))
+  datas: dict[str, list[str]] = defaultdict(list)
+  for config_key, data in members_of:
+    datas[config_key].append(data)
+  for config_key, keys in datas.items():
+    if len(keys) > 1:
+      setting = placement_of(json.loads(config_key))[0]
+      out.split_by_data.append(f"{setting} on data {', '.join(sorted(keys))}")
+  out.rows = _rows(members_of)
+  return out
+
+
 def report_rows(runs: Sequence[dict]) -> list[dict[str, Any]]:
-  """One row per config but the seed: every metric's mean/std/interval over seeds.
+  """One row per config but the seed, and per data: every metric's mean/std/interval
+  over the row's distinct seeds (``group_runs``).
 
   Each row holds ``setting``/``rate`` (``placement_of``), ``seeds`` (n),
-  ``fields`` (the other fields in which rows differ), ``config`` and ``runs``.
+  ``fields`` (the other fields in which rows differ, ``data`` among them when
+  rows differ in it), ``config``, ``data`` and ``runs``.
   """
-  groups: dict[str, list[dict]] = defaultdict(list)
-  for r in runs:
-    s = r["summary"]
-    if s is None or s.get("status") == "diverged" or s.get("final") is None:
-      continue
-    groups[json.dumps(_without_seed(r["config"]), sort_keys=True)].append(r)
-  configs = [json.loads(k) for k in groups]
+  return group_runs(runs).rows
+
+
+def _rows(members_of: dict[tuple[str, str], list[dict]]) -> list[dict[str, Any]]:
+  configs = [json.loads(c) | {"data": d} for c, d in members_of]
   keys = sorted({k for c in configs for k in c} - {"dropout"})
   varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
-  has_mc = any("mc" in r["summary"] for members in groups.values() for r in members)
+  has_mc = any("mc" in r["summary"] for members in members_of.values() for r in members)
   rows = []
-  for key, members in groups.items():
-    config = json.loads(key)
+  for config, ((_, data), members) in zip(configs, members_of.items(), strict=True):
     setting, rate = placement_of(config)
-    row = {"setting": setting, "rate": rate, "seeds": len(members), "config": config}
+    row = {"setting": setting, "rate": rate, "seeds": len(members), "data": data}
+    row.update(config={k: v for k, v in config.items() if k != "data"})
     row.update(fields={k: config.get(k) for k in varying}, runs=members)
     for name, path, _ in METRICS + (MC_METRICS if has_mc else ()):
       row[name] = mean_ci([_metric(m["summary"], name, path) for m in members])
@@ -184,8 +285,14 @@ def _row_order(row: dict) -> tuple:
   base = row["setting"].split(" (")[0]
   order = ALL_SETTINGS
   rank = order.index(base) if base in order else len(order)
-  fields = tuple(json.dumps(v) for v in row["fields"].values())
+  fields = tuple(_sortable(v) for v in row["fields"].values())
   return (fields, rank, row["setting"], row["rate"])
+
+
+def _sortable(value: Any) -> tuple:
+  """Numbers in numeric order (32 before 128), before anything else, in text order."""
+  number = isinstance(value, int | float) and not isinstance(value, bool)
+  return (0, value, "") if number else (1, 0, json.dumps(value))
 
 
 def mean_std(m: dict) -> str:
@@ -224,25 +331,37 @@ def write_tables(
   )
 
 
-def build_report(runs_dir: str | Path, out_dir: str | Path, title: str = "") -> dict[str, Path]:
-  """Tables and plots of the run folders under ``runs_dir``."""
+def build_report(
+  runs_dir: str | Path, out_dir: str | Path, title: str = "", name: str | None = None
+) -> dict[str, Path]:
+  """Tables and plots of the run folders under ``runs_dir``, written to ``out_dir`` as
+  ``{name}.{md,csv,tex}`` and ``{name}_{curves,losses,gap|settings}.png`` (``name``:
+  ``out_dir``'s folder name by default). The grouping's notes (``Grouping.notes``)
+  are printed and written under the Markdown table."""
   from lstmdrop_jax import plots
 
   runs = load_runs(runs_dir)
   if not runs:
     raise ValueError(f"no run folders (with config.json) under {str(runs_dir)!r}")
-  rows = report_rows(runs)
+  grouping = group_runs(runs)
+  rows = grouping.rows
   if not rows:
     raise ValueError(f"none of the {len(runs)} runs under {str(runs_dir)!r} has finished")
-  left_out = len(runs) - sum(r["seeds"] for r in rows)
-  if left_out:
-    print(f"report: {left_out} unfinished or diverged run(s) left out", file=sys.stderr)
   out = Path(out_dir)
+  name = name or out.resolve().name
+  paths = write_tables(rows, out, name, caption=title)
+  notes = grouping.notes()
+  with open(paths["md"], "a") as f:
+    f.write("\n" + "\n".join(f"- {line}" for line in notes) + "\n")
+  print("report: " + "\nreport: ".join(notes), file=sys.stderr)
+  kind, plot = (
+    ("gap", plots.plot_gap) if plots.rate_sweep(rows) else ("settings", plots.plot_settings)
+  )
   return {
-    **write_tables(rows, out, "overfit", caption=title),
-    "curves": plots.plot_curves(rows, out / "curves.png", title),
-    "losses": plots.plot_losses(rows, out / "losses.png", title),
-    "gap": plots.plot_gap(rows, out / "gap.png", title),
+    **paths,
+    "curves": plots.plot_curves(rows, out / f"{name}_curves.png", title),
+    "losses": plots.plot_losses(rows, out / f"{name}_losses.png", title),
+    kind: plot(rows, out / f"{name}_{kind}.png", title),
   }
 
 
@@ -251,9 +370,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("runs_dir", help="folder holding run folders (searched recursively)")
   parser.add_argument("--out", required=True, help="where to write the tables and plots")
   parser.add_argument("--title", default="")
+  parser.add_argument("--name", help="the files' name (default: the --out folder's name)")
   args = parser.parse_args(argv)
   try:
-    paths = build_report(args.runs_dir, args.out, args.title)
+    paths = build_report(args.runs_dir, args.out, args.title, args.name)
   except (ValueError, RunFolderError, OSError) as e:
     raise SystemExit(f"error: {e}") from None
   for kind, path in paths.items():

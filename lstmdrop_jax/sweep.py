@@ -132,12 +132,14 @@ def run_sweep(
   parallel: str = "auto",
   runs_at_once: int | None = None,
   title: str = "",
+  name: str | None = None,
   progress: bool = True,
 ) -> dict[str, Path]:
   """Trains every point (checking every group first), then writes the report.
 
   Returns:
-    The report's files (``report.build_report``).
+    The report's files (``report.build_report``), named ``name`` (default: the
+    name of the ``out`` folder).
 
   Raises:
     ValueError: a bad point or a group the devices cannot split, before
@@ -153,7 +155,7 @@ def run_sweep(
     runs_at_once=runs_at_once,
     progress=progress,
   )
-  return build_report(out / "runs", out, title)
+  return build_report(out / "runs", out, title, name)
 
 
 def train_points(
@@ -238,6 +240,8 @@ class _Cli:
   """CPU: present the CPU as this many JAX devices (default: one per usable core, or
   $LSTMDROP_CPU_DEVICES; 1 switches it off)."""
   title: str = ""
+  name: str | None = None
+  """The report files' name (default: the --out folder's name)."""
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
@@ -255,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
       parallel=args.parallel,
       runs_at_once=args.runs_at_once,
       title=args.title,
+      name=args.name,
     )
   except (ValueError, OSError, RunFolderError) as e:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

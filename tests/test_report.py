@@ -12,9 +12,23 @@ from lstmdrop_jax import report
 from lstmdrop_jax.dropout import DropoutConfig
 
 
-def _fake_run(root, name, dropout, seed, train_acc, val_acc, locked=(), mc=None, **fields):
+def _fake_run(
+  root,
+  name,
+  dropout,
+  seed,
+  train_acc,
+  val_acc,
+  locked=(),
+  mc=None,
+  data=None,
+  trained=10,
+  **fields,
+):
   folder = root / name / f"seed_{seed}"
   folder.mkdir(parents=True)
+  if data is not None:
+    (folder / "data.json").write_text(json.dumps(data))
   cfg = {
     "seed": seed,
     "dataset": "GunPoint",
@@ -35,7 +49,7 @@ def _fake_run(root, name, dropout, seed, train_acc, val_acc, locked=(), mc=None,
     "val/loss": 0.5,
     "test/accuracy": val_acc,
   }
-  summary = {"status": "finished", "final": final, "best": final}
+  summary = {"status": "finished", "epochs": trained, "final": final, "best": final}
   if mc is not None:
     summary["mc"] = {"samples": 10, "val/accuracy": mc, "test/accuracy": mc}
   (folder / "summary.json").write_text(json.dumps(summary))
@@ -98,8 +112,49 @@ def test_tables_are_means_and_t_intervals_over_seeds(tmp_path):
   md = paths["md"].read_text()
   assert "| output | 0.3 | 3 |" in md and "0.300 ± 0.050" in md
   assert "\\begin{tabular}" in paths["tex"].read_text()
-  for kind in ("curves", "gap"):
+  for kind in ("curves", "settings"):  # one rate: a dot plot per setting, not a gap-vs-rate line
     assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert {p.name for p in paths.values()} == {
+    "out.md", "out.csv", "out.tex", "out_curves.png", "out_losses.png", "out_settings.png"
+  }  # fmt: skip
+
+
+def test_runs_on_other_data_never_share_a_row(tmp_path, capsys):
+  """Own arrays of another shape (another fingerprint), same config and seeds: two rows."""
+  runs = tmp_path / "runs"
+  for s in range(2):
+    for layout, fp in (("ntf", "aaaa1111bbbb2222"), ("nct", "cccc3333dddd4444")):
+      _fake_run(runs / layout, "none", {}, s, 1.0, 0.8 if fp[0] == "a" else 0.5,
+                data={"dataset": "osu", "fingerprint": fp}, dataset="osu")  # fmt: skip
+  paths = report.build_report(runs, tmp_path / "out")
+  rows = list(csv.DictReader(paths["csv"].read_text().splitlines()))
+  assert sorted((r["data"], r["seeds"], r["val_acc_final_mean"]) for r in rows) == [
+    ("aaaa1111", "2", "0.8"),
+    ("cccc3333", "2", "0.5"),
+  ]
+  err = capsys.readouterr().err
+  assert "Grouping: a row is one config (seed aside) on one data" in err
+  assert "Same config on other data, separate rows: none on data aaaa1111, cccc3333" in err
+  assert "Same config on other data" in paths["md"].read_text()
+  # Named datasets without a fingerprint: their description tells them apart.
+  gun = {"dataset": "GunPoint", "n_train": 35, "normalizer": {"mean": [0.0]}}
+  assert report.data_key(gun) == report.data_key({**gun, "normalizer": {"mean": [1.0]}})
+  assert report.data_key(gun) != report.data_key({**gun, "n_train": 34})
+
+
+def test_a_seed_counts_once_in_a_row(tmp_path, capsys):
+  """An extended run and a fresh run of the same seed, and another seed: seeds = 2."""
+  runs = tmp_path / "runs"
+  _fake_run(runs / "extended", "out", {"output": 0.3}, 0, 1.0, 0.9, epochs=40, trained=40)
+  _fake_run(runs / "fresh", "out", {"output": 0.3}, 0, 1.0, 0.1, epochs=40, trained=30)
+  _fake_run(runs / "fresh", "out", {"output": 0.3}, 1, 1.0, 0.7, epochs=40, trained=40)
+  grouping = report.group_runs(report.load_runs(runs))
+  (row,) = grouping.rows
+  assert row["seeds"] == 2 and row["val_acc_final"]["mean"] == pytest.approx(0.8)
+  kept, dropped = grouping.duplicates[0]
+  assert kept == runs / "extended" / "out" / "seed_0" and dropped == [runs / "fresh/out/seed_0"]
+  report.build_report(runs, tmp_path / "out")
+  assert f"kept {kept}, left out {dropped[0]}" in capsys.readouterr().err
 
 
 def test_report_from_trained_run_folders(tmp_path):
@@ -150,7 +205,7 @@ def test_monte_carlo_scores_are_columns_and_every_plot_is_written(tmp_path):
   paths = report.build_report(runs, tmp_path / "out")
   md = paths["md"].read_text()
   assert "MC val acc" in md and "MC test acc" in md and "0.900 ± 0.000" in md
-  for kind in ("curves", "losses", "gap"):
+  for kind in ("curves", "losses", "settings"):
     assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -184,3 +239,55 @@ def test_report_errors_name_the_problem(tmp_path):
   (tmp_path / "r" / "config.json").write_text(json.dumps({"dropout": {}}))
   with pytest.raises(ValueError, match=r"none of the 1 runs .* has finished"):
     report.build_report(tmp_path, tmp_path / "out")
+
+
+def _title_boxes(fig):
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  return [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+
+
+def test_plots_of_a_sweep_of_thirty_settings_keep_titles_apart(tmp_path, monkeypatch):
+  """Long titles wrap and panels wrap into rows: no two titles overlap."""
+  import matplotlib.pyplot as plt
+
+  from lstmdrop_jax import plots
+
+  runs = tmp_path / "runs"
+  for k in range(30):
+    _fake_run(runs, f"p{k}", {"input": 0.1, "output": 0.01 * (k + 1)}, 0, 0.9, 0.8,
+              hidden=64, batch_size=16 + k)  # fmt: skip
+  rows = report.report_rows(report.load_runs(runs))
+  assert not plots.rate_sweep(rows)  # custom settings: a dot plot, not a line over rates
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+  plots.plot_curves(rows, tmp_path / "c.png")
+  plots.plot_losses(rows, tmp_path / "l.png")
+  for fig in figures:
+    boxes = _title_boxes(fig)
+    assert len(boxes) == 30
+    overlaps = [(i, j) for i in range(30) for j in range(i) if boxes[i].overlaps(boxes[j])]
+    assert not overlaps, overlaps[:3]
+    plt.close(fig)
+
+
+def test_gap_plot_has_a_panel_and_a_baseline_per_value_of_the_other_fields(tmp_path, monkeypatch):
+  from lstmdrop_jax import plots
+
+  runs = tmp_path / "runs"
+  for hidden in (32, 64, 128):
+    for s in range(2):
+      _fake_run(runs / f"h{hidden}", "none", {}, s, 1.0, 0.7, hidden=hidden)
+      for rate in (0.2, 0.5):
+        _fake_run(runs / f"h{hidden}", f"out{rate}", {"output": rate}, s, 0.9, 0.8, hidden=hidden)
+  rows = report.report_rows(report.load_runs(runs))
+  assert plots.rate_sweep(rows)
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+  plots.plot_gap(rows, tmp_path / "gap.png")
+  axes = [ax for ax in figures[0].axes if ax.get_visible() and ax.lines]
+  assert len(axes) == 3
+  for ax, hidden in zip(axes, (32, 64, 128), strict=True):
+    assert f"hidden={hidden}" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["none", "output"]
+    assert list(ax.get_xticks()) == [0.2, 0.5]
