@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from lstmdrop_jax.data.arrays import check_layout
 from lstmdrop_jax.dropout import RATE_FIELDS, DropoutConfig
 from lstmdrop_jax.optim import DECAYING, ENDS_AT_LAST_EPOCH, SCHEDULES
 from lstmdrop_jax.tasks import task_type
@@ -31,6 +32,9 @@ class Config:
   {train,valid,test}.txt, or UCR .ts files not bundled with aeon."""
   val_fraction: float = 0.3
   """Fraction of the official training split held out for validation (classification)."""
+  layout: Literal["NTF", "NCT"] = "NTF"
+  """How the x arrays of an .npz --dataset are laid out: NTF [N, time, features], or NCT
+  [N, channels, time] (aeon's, transposed on loading). Named datasets need no layout."""
 
   # Model.
   hidden: int = 64
@@ -133,10 +137,27 @@ class Config:
       value = getattr(self, name)
       if value is not None and (not isinstance(value, int) or value < 2):
         raise ValueError(f"{name} must be an integer >= 2 or unset (all tokens), got {value!r}")
+    if self.mc_samples and not self.dropout.active():
+      raise ValueError(
+        "mc_samples averages passes with dropout on, and this run has no dropout: every pass "
+        "is the same and the spread is zero by construction. Set a dropout rate, or "
+        "mc_samples=0"
+      )
     if self.mc_samples and not self.checkpoint_every:
       raise ValueError(
         "mc_samples scores the best checkpoint, and checkpoint_every=0 writes none; "
         "set checkpoint_every >= 1 or mc_samples=0"
+      )
+    check_layout(self.layout)
+    if self.layout != "NTF" and external_data:
+      raise ValueError(
+        "layout applies to an .npz --dataset; give your own arrays' layout to "
+        "ArrayData(..., layout='NCT') and leave Config.layout at NTF"
+      )
+    if self.layout != "NTF" and not self.dataset.endswith(".npz"):
+      raise ValueError(
+        f"layout applies to the arrays of an .npz --dataset; {self.dataset!r} is read by the "
+        "library, which knows its layout: leave --layout at NTF"
       )
     if not 0.0 < self.val_fraction < 1.0:
       raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")

@@ -27,7 +27,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,7 @@ import numpy as np
 from lstmdrop_jax import tables
 from lstmdrop_jax.checkpoint import RunCheckpoints
 from lstmdrop_jax.config import Config
-from lstmdrop_jax.data.arrays import as_series
+from lstmdrop_jax.data.arrays import as_series, open_npz
 from lstmdrop_jax.data.normalize import Normalizer
 from lstmdrop_jax.run_folder import RunFolderError, read_config, read_json, read_jsonl
 from lstmdrop_jax.tasks import build_model
@@ -76,15 +76,26 @@ class LoadedRun:
     mc_samples: int = 0,
     seed: int = 0,
     batch_size: int = 256,
+    layout: str = "NTF",
   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Class probabilities ``[N, K]`` of raw series ``[N, T, F]`` (``[N, T]``: one channel).
+    """Class probabilities ``[N, K]`` of raw series ``[N, T, F]`` (``[N, T]``: one channel;
+    ``layout="NCT"``: aeon's ``[N, channels, time]``).
 
     With ``mc_samples`` K > 0: ``(mean, std)`` over K stochastic passes with
     the run's dropout on (Monte-Carlo dropout), keys from ``seed``.
+
+    Raises:
+      ValueError: a language model's run, bad series, or ``mc_samples`` on a run
+        without dropout (its passes would all be the same).
     """
     if self.classes is None:
       raise ValueError("predict_proba is for classifiers; this run is a language model")
-    x = as_series(x_NTF)
+    if mc_samples and not self.model.dropout.active():
+      raise ValueError(
+        "mc_samples averages passes with dropout on, and this run has no dropout: the spread "
+        "would be zero by construction. Use mc_samples=0"
+      )
+    x = as_series(x_NTF, layout=layout)
     if self.normalizer is not None:
       x = self.normalizer(x, lengths_N)
     out = [
@@ -184,7 +195,7 @@ def _inputs(name: str, run: LoadedRun) -> tuple[np.ndarray, np.ndarray | None, n
   if name.endswith(".npz"):
     if not Path(name).is_file():
       raise FileNotFoundError(f"--input {name!r}: no such file")
-    with np.load(name, allow_pickle=False) as f:
+    with open_npz(name) as f:
       if "x" not in f.files:
         raise ValueError(f"--input {name}: needs the key 'x' (and optionally lengths, y)")
       x, lengths = f["x"], f["lengths"] if "lengths" in f.files else None
@@ -221,7 +232,8 @@ def predict_main(argv=None) -> dict[str, Any]:
 def _predict(args: _Args) -> dict[str, Any]:
   run = load_run(args.workdir, args.checkpoint)
   x, lengths, y = _inputs(args.input, run)
-  out = run.predict_proba(x, lengths, mc_samples=args.mc_samples, seed=args.seed)
+  layout = args.layout or (run.config.layout if args.input.endswith(".npz") else "NTF")
+  out = run.predict_proba(x, lengths, mc_samples=args.mc_samples, seed=args.seed, layout=layout)
   mean = out[0] if args.mc_samples else out
   pred = mean.argmax(-1)
   header = ["index", "predicted"] + (["label"] if y is not None else [])
@@ -276,6 +288,8 @@ class _Args:
   """Monte-Carlo dropout: the mean and std of the probabilities over this many passes."""
   seed: int = 0
   """Seeds the Monte-Carlo passes."""
+  layout: Literal["NTF", "NCT"] | None = None
+  """How the .npz input's x is laid out (default: as the run's training arrays were)."""
   export_torch: Path | None = None
   """Also save the classifier as a PyTorch state dict (nn.LSTM + nn.Linear) here."""
 

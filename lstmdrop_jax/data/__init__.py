@@ -122,6 +122,7 @@ def load_dataset(
   val_fraction: float = 0.3,
   data_dir: str | None = None,
   arrays: ArrayData | None = None,
+  layout: str = "NTF",
 ) -> Dataset:
   """Loads a classification dataset by name.
 
@@ -135,6 +136,7 @@ def load_dataset(
       aeon does not bundle.
     arrays: your own data (``name`` is then only its label); a ``name``
       ending in ``.npz`` reads the arrays from that file.
+    layout: how that file's ``x`` arrays are laid out (``arrays.LAYOUTS``).
 
   Raises:
     ValueError: an unknown name (the message lists the valid ones) or a bad
@@ -146,7 +148,7 @@ def load_dataset(
     return arrays.dataset(name, seed=seed, val_fraction=val_fraction)
   check_dataset_name(name, data_dir)
   if name.endswith(".npz"):
-    return ArrayData.from_npz(os.path.expanduser(name)).dataset(
+    return ArrayData.from_npz(os.path.expanduser(name), layout).dataset(
       name, seed=seed, val_fraction=val_fraction
     )
   if name in SYNTHETIC:

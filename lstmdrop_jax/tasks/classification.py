@@ -45,7 +45,7 @@ class ClassificationTask:
     self.configs = list(configs)
     c = self.configs[0]
     if data is None and c.dataset.endswith(".npz"):  # read once for every run
-      data = data_lib.ArrayData.from_npz(c.dataset)
+      data = data_lib.ArrayData.from_npz(c.dataset, c.layout)
     self.sets = [
       data_lib.load_dataset(
         c.dataset, seed=r.seed, val_fraction=c.val_fraction, data_dir=c.data_dir, arrays=data
@@ -136,14 +136,6 @@ class ClassificationTask:
     if self.configs[0].best_metric == "val_loss":
       return record["val/loss"] < best["val/loss"]
     return (record["val/accuracy"], -record["val/loss"]) > (best["val/accuracy"], -best["val/loss"])
-
-  @staticmethod
-  def postfix(latest: Sequence[dict | None], bests: Sequence[dict | None]) -> str:
-    """The mean training loss (with dropout) and best validation accuracy over the runs."""
-    loss = [r["train_loss"] for r in latest if r]
-    accs = [b["val/accuracy"] for b in bests if b]
-    parts = [f"train loss {np.mean(loss):.3f}"] if loss else []
-    return ", ".join(parts + ([f"best val acc {np.mean(accs):.3f}"] if accs else []))
 
   def mc_evaluate(self, model, state: steps.TrainState, k: int) -> dict[str, Any]:
     """Scores ``state`` (run ``k``'s) on val and test with Monte-Carlo dropout."""
