@@ -55,8 +55,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not isinstance(e, _USER_ERRORS):
       raise
     _exit(f"error: {_one_line(e)}", 2)
-  shown = ("status", "epochs", "wall_time_s", "train_time_s", "best", "mc")
-  print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
+  shown = ("status", "epochs", "wall_time_s", "train_time_s", "final", "best", "mc")
+  printed = {"workdir": str(args.workdir), **{k: summary[k] for k in shown if k in summary}}
+  print(json.dumps(printed, indent=2))
   return summary
 
 
@@ -98,6 +99,11 @@ def _config_file(argv: Sequence[str]) -> Config:
     d = json.loads(Path(path).read_text())
   except OSError as e:
     raise ValueError(f"--config {path}: cannot read it ({e.strerror})") from None
+  except UnicodeDecodeError:
+    raise ValueError(
+      f"--config {path}: not a text file; expected a JSON object of config fields (a run "
+      "folder's config.json)"
+    ) from None
   except json.JSONDecodeError as e:
     raise ValueError(f"--config {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
   if not isinstance(d, dict):

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -129,13 +130,32 @@ def read_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
   return None
 
 
+def never_trained(workdir: str | os.PathLike) -> bool:
+  """Whether the run folder in ``workdir`` holds a config but no training: no epoch in
+  its log, no checkpoint file and no summary (a start that failed, or was killed,
+  before its first epoch)."""
+  path = Path(workdir)
+  if not (path / "config.json").exists() or (path / "summary.json").exists():
+    return False
+  if any(r.get("epoch", 0) >= 1 for r in read_jsonl(path / "metrics.jsonl")):
+    return False
+  with os_errors("list the checkpoints of", path):
+    return not any(p.is_file() for p in (path / "checkpoints").rglob("*"))
+
+
 def create_run_folder(workdir: str | os.PathLike, config: dict[str, Any]) -> Path:
-  """Creates the folder of a new run and writes its ``config.json``."""
+  """Creates the folder of a new run and writes its ``config.json``; what a start that
+  never trained left there (``never_trained``: its data description, log and empty
+  checkpoint folders) goes first."""
   path = Path(workdir)
   with os_errors("create the run folder", path):
     path.mkdir(parents=True, exist_ok=True)
     for tmp in _temp_files(path):
       tmp.unlink()
+    for name in ("data.json", "metrics.jsonl"):
+      (path / name).unlink(missing_ok=True)
+    if (path / "checkpoints").is_dir():
+      shutil.rmtree(path / "checkpoints")
   write_json_atomic(path / "config.json", config)
   return path
 

@@ -32,9 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
-from lstmdrop_jax import fused, optim, steps
+from lstmdrop_jax import console, fused, optim, steps
 from lstmdrop_jax import parallel as par
 from lstmdrop_jax import run_folder as rf
 from lstmdrop_jax.config import Config, check_stackable, resume_kind
@@ -108,7 +107,7 @@ def train_runs(
   parallel, mesh = par.plan(parallel, runs=len(configs), batch_size=configs[0].batch_size,
                             split_pays=pays)  # fmt: skip
   par.check_layout(parallel, mesh, runs=len(configs), batch_size=configs[0].batch_size)
-  folders = [resume_kind(rf.read_config(p), c, p) for p, c in zip(paths, configs, strict=True)]
+  folders = [_folder_kind(p, c) for p, c in zip(paths, configs, strict=True)]
   summaries = [
     rf.read_summary(p) if f == "same" else None for p, f in zip(paths, folders, strict=True)
   ]
@@ -138,6 +137,26 @@ def train_runs(
       summaries[k] = s
   par.sync("runs finished")
   return summaries  # type: ignore[return-value]
+
+
+def _folder_kind(path: Path, config: Config) -> str:
+  """``resume_kind`` of the run folder at ``path``; a folder in which nothing ever
+  trained (``run_folder.never_trained``) takes ``config`` as a new run, with a note
+  when its own config differed."""
+  old = rf.read_config(path)
+  if old is not None and rf.never_trained(path):
+    try:
+      same = Config.from_dict(old).to_dict() == config.to_dict()
+    except (TypeError, ValueError):  # a config of another version
+      same = False
+    if not same and par.is_main_process():
+      print(
+        f"note: {path} held a run that never trained (no epoch logged, no checkpoint); it "
+        "starts afresh with the config given now",
+        file=sys.stderr,
+      )
+    return "new"
+  return resume_kind(old, config, path)
 
 
 #: Train-state fields the run's config fixes: restored from the config, not the
@@ -198,6 +217,7 @@ class _Group:
   eval_sharding: Any
   observe_fn: Any = None  # feeds validation losses to a plateau schedule (None: no plateau)
   runs: list[_Run] = dataclasses.field(default_factory=list)
+  console: Any = None  # console.Progress while training
   states: Any = None  # the stacked train states, laid out on the mesh
   keys: Any = None  # the stacked dropout keys
 
@@ -298,15 +318,12 @@ class _Group:
     """
     self.open_runs(paths, finished, started)
     eval_batches = {s: par.put(b, self.eval_sharding) for s, b in self.task.eval_batches().items()}
-    bar = tqdm(
+    self.console = console.progress(
+      f"{self.configs[0].dataset} x{len(self.runs)}" if len(self.runs) > 1 else str(paths[0]),
       total=sum(c.epochs for c in self.configs),
       initial=sum(r.epoch for r in self.runs),
-      desc=f"{self.configs[0].dataset} x{len(self.runs)}",
-      unit="epoch",
-      file=sys.stderr,
-      # Redirected to a file: at most a line every 30 s.
-      mininterval=0.5 if sys.stderr.isatty() else 30.0,
-      disable=not progress,
+      epochs=max(c.epochs for c in self.configs),
+      enabled=progress,
     )
     try:
       for run in self.runs:  # killed after its last checkpoint but before its summary
@@ -316,15 +333,14 @@ class _Group:
             self.finish(run)
       while any(r.status == "running" for r in self.runs):
         trained, metrics = self.train_epoch()
-        bar.update(len(trained))
         self.log_train(trained, metrics)
         evals, rows = self.evaluate(trained, eval_batches), par.Rows(self.states)
         for k in trained:
           self.end_epoch(self.runs[k], evals, rows)
-        latest = [r.latest for r in self.runs]
-        bar.set_postfix_str(self.task.postfix(latest, [r.best for r in self.runs]), refresh=False)
+        text = console.scores([r.latest for r in self.runs], [r.best for r in self.runs])
+        self.console.update(len(trained), max(self.runs[k].epoch for k in trained), text)
     finally:
-      bar.close()
+      self.console.close()
       for r in self.runs:
         r.folder.close()
     par.sync("summaries written")
@@ -444,6 +460,7 @@ class _Group:
       "best": run.best,
       "device": jax.devices()[0].device_kind,
     }
+    self.console.run_ended(run.folder.path, run.status, run.epoch, run.best)
     if run.error:
       summary["error"] = run.error
     if run.config.mc_samples and run.best is not None:

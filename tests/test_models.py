@@ -118,8 +118,10 @@ def test_tied_gradient_equals_an_untied_model_tied_by_hand():
   got, want = jax.grad(tied_loss)(p_tied), jax.grad(by_hand)(p_tied)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got, want)
   # The embedding's gradient has both parts: input rows and softmax kernel.
-  untied_p = {**{k: v for k, v in p_tied.items() if k != "head_bias"},
-              "head": {"kernel": p_tied["embed"]["embedding"].T, "bias": p_tied["head_bias"]}}
+  untied_p = {
+    **{k: v for k, v in p_tied.items() if k != "head_bias"},
+    "head": {"kernel": p_tied["embed"]["embedding"].T, "bias": p_tied["head_bias"]},
+  }
   g_untied = jax.grad(lambda p: nll(untied.apply({"params": p}, tokens)[0]))(untied_p)
   both = g_untied["embed"]["embedding"] + g_untied["head"]["kernel"].T
   np.testing.assert_allclose(got["embed"]["embedding"], both, rtol=1e-5, atol=1e-7)

@@ -231,7 +231,11 @@ def test_group_of_runs_writes_one_folder_each(tmp_path):
     (["--dataset", "NoSuchSet"], "unknown dataset 'NoSuchSet'.*GunPoint"),
     (["--dropout.output", "1.5"], r"dropout rate 'output' must satisfy 0 <= rate <.*got 1\.5"),
     (["--epochs", "-3"], "epochs must be an integer >= 1, got -3"),
-    (["--checkpoint-every", "0", "--mc-samples", "2"], "mc_samples scores the best checkpoint"),
+    (
+      ["--checkpoint-every", "0", "--mc-samples", "2", "--dropout.output", "0.2"],
+      "mc_samples scores the best checkpoint",
+    ),
+    (["--mc-samples", "2"], "this run has no dropout: every pass is the same"),
     (["--eval-tokens", "1"], "eval_tokens must be an integer >= 2 or unset"),
     (["--train-tokens", "0"], "train_tokens must be an integer >= 2 or unset"),
     (["--checkpoint-every", "-1"], "checkpoint_every must be an integer >= 0, got -1"),

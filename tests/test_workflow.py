@@ -5,7 +5,6 @@ import csv
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +92,96 @@ def test_an_npz_file_trains_from_the_command_line_without_a_test_split(tmp_path,
   with pytest.raises(SystemExit):
     main(["--workdir", str(tmp_path / "bad"), "--dataset", str(tmp_path / "bad.npz")])
   assert "unknown keys ['z']" in capsys.readouterr().err
+
+
+def test_aeon_layout_is_transposed_or_refused_with_the_fix(tmp_path, capsys):
+  """aeon's [N, channels, time]: layout NCT gives the same data; as NTF it is refused."""
+  x, y, _ = _arrays(n=24, T=12)
+  x_nct = x.transpose(0, 2, 1)  # [N, 2, 12]
+  a, b = ArrayData(x, y), ArrayData(x_nct, y, layout="NCT")
+  np.testing.assert_array_equal(a.x, b.x)
+  assert a.fingerprint() == b.fingerprint()
+  univariate = x_nct[:, :1]  # [N, 1, 12]: one channel, as aeon gives GunPoint
+  with pytest.raises(ValueError, match=r"series of one time step .* layout='NCT'"):
+    ArrayData(univariate, y)
+  assert ArrayData(univariate, y, layout="NCT").x.shape == (24, 12, 1)
+  np.savez(tmp_path / "aeon.npz", x=univariate, y=y)
+  flags = ["--dataset", str(tmp_path / "aeon.npz"), "--hidden", "4", "--layers", "1",
+           "--epochs", "1", "--batch-size", "8", "--unroll", "1"]  # fmt: skip
+  with pytest.raises(SystemExit):
+    main(["--workdir", str(tmp_path / "ntf"), *flags])
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "aeon.npz: x holds series of one time step" in err
+  assert "--layout NCT" in err and not (tmp_path / "ntf").exists()
+  summary = main(["--workdir", str(tmp_path / "nct"), *flags, "--layout", "NCT"])
+  assert json.loads((tmp_path / "nct" / "data.json").read_text())["length"] == 12
+  assert summary["status"] == "finished"
+  with pytest.raises(SystemExit):
+    main(["--workdir", str(tmp_path / "gp"), "--dataset", "GunPoint", "--layout", "NCT"])
+  assert "'GunPoint' is read by the library, which knows its layout" in capsys.readouterr().err
+
+
+def test_wrong_files_and_one_class_labels_get_one_line_naming_the_file(tmp_path, capsys):
+  x, _, _ = _arrays(n=24, T=12)
+  (tmp_path / "notes.npz").write_text("not an archive")
+  with open(tmp_path / "array.npz", "wb") as f:
+    np.save(f, x)  # .npy contents under an .npz name
+  (tmp_path / "config.bin").write_bytes(bytes(range(256)))
+  np.savez(tmp_path / "one.npz", x=x, y=np.full(24, "calm"))
+  cases = {
+    "notes.npz": ["--dataset", str(tmp_path / "notes.npz")],
+    "array.npz": ["--dataset", str(tmp_path / "array.npz")],
+    "config.bin": ["--config", str(tmp_path / "config.bin")],
+    "one.npz": ["--dataset", str(tmp_path / "one.npz")],
+  }
+  want = {
+    "notes.npz": "notes.npz: not an .npz file of numpy arrays; write one with np.savez",
+    "array.npz": "array.npz: not an .npz file of numpy arrays",
+    "config.bin": "config.bin: not a text file; expected a JSON object of config fields",
+    "one.npz": "one.npz: y holds one class ('calm': 24 series); a classifier needs labels",
+  }
+  for name, flags in cases.items():
+    with pytest.raises(SystemExit):
+      main(["--workdir", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and want[name] in err, err
+  assert not (tmp_path / "run").exists()  # nothing written by a failed start
+
+
+def test_a_folder_that_never_trained_takes_a_new_config(tmp_path, capsys, monkeypatch):
+  """A start that fails after writing config.json (here: compiling) leaves a stub; once
+  the cause is fixed, the same folder takes the new command, with a note."""
+  from lstmdrop_jax import train
+
+  cfg = dataclasses.replace(FAST, dataset="synthetic", epochs=1)
+
+  def fail(*args, **kwargs):
+    raise ValueError("compilation failed")
+
+  with monkeypatch.context() as m:
+    m.setattr(train._Group, "compile", fail)
+    with pytest.raises(ValueError, match="compilation failed"):
+      train_and_evaluate(cfg, tmp_path / "run", progress=False)
+  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]
+  fixed = dataclasses.replace(cfg, hidden=6)
+  summary = train_and_evaluate(fixed, tmp_path / "run", progress=False)
+  assert summary["status"] == "finished"
+  assert json.loads((tmp_path / "run" / "config.json").read_text())["hidden"] == 6
+  assert "held a run that never trained" in capsys.readouterr().err
+  # A folder that trained an epoch is a run: another config is still refused.
+  with pytest.raises(ValueError, match=r"different config \(hidden: 6 -> 7\)"):
+    train_and_evaluate(dataclasses.replace(cfg, hidden=7), tmp_path / "run", progress=False)
+
+
+def test_monte_carlo_dropout_needs_dropout(own_run, tmp_path):
+  with pytest.raises(ValueError, match="no dropout: every pass is the same and the spread"):
+    dataclasses.replace(FAST, dataset="synthetic", mc_samples=10).validate()
+  x, y, _ = _arrays(n=24, T=12)
+  workdir = tmp_path / "plain"
+  train_and_evaluate(dataclasses.replace(FAST, dataset="plain", epochs=1), workdir,
+                     data=ArrayData(x, y), progress=False)  # fmt: skip
+  with pytest.raises(ValueError, match="no dropout: the spread would be zero by construction"):
+    load_run(workdir).predict_proba(x, mc_samples=5)
 
 
 # --- predict, load, export ---------------------------------------------------------
@@ -256,7 +345,7 @@ def test_the_best_checkpoint_follows_the_chosen_metric(tmp_path):
 # --- the console --------------------------------------------------------------------
 
 
-def test_redirected_progress_is_throttled_and_the_summary_has_both_times(tmp_path):
+def test_redirected_progress_is_throttled_and_ends_with_the_run_folder(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   with open(tmp_path / "err.txt", "w") as err:
     proc = subprocess.run(
@@ -266,9 +355,18 @@ def test_redirected_progress_is_throttled_and_the_summary_has_both_times(tmp_pat
       stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=ROOT, timeout=300,
     )  # fmt: skip
   assert proc.returncode == 0
-  bar = [ln for ln in re.split(r"[\r\n]", (tmp_path / "err.txt").read_text()) if "epoch" in ln]
-  assert 1 <= len(bar) <= 3, bar  # first and last refresh (a 12-epoch run takes under 30 s)
-  assert "train loss" in bar[-1] and "best val acc" in bar[-1]
+  lines = (tmp_path / "err.txt").read_text().splitlines()
+  progress = [ln for ln in lines if ": epoch " in ln]
+  # The first epoch, then at most one a 10 s, and the last: a 12-epoch run takes under 30 s.
+  assert 2 <= len(progress) <= 4, lines
+  assert "epoch 1/12, train loss" in progress[0] and "best val acc" in progress[0]
+  assert "epoch 12/12, train loss" in progress[-1]
+  assert "\r" not in (tmp_path / "err.txt").read_text()  # no bar redrawn into the file
   printed = json.loads(proc.stdout)
+  best, final = printed["best"]["epoch"], printed["final"]["epoch"]
+  assert (
+    lines[-1] == f"{tmp_path / 'run'}: finished, final epoch {final}, best epoch {best} "
+    f"(val acc {printed['best']['val/accuracy']:.3f})"
+  )
+  assert printed["workdir"] == str(tmp_path / "run") and final == 12
   assert printed["mc"]["samples"] == 4 and "val/accuracy" in printed["mc"]
-  assert printed["wall_time_s"] >= printed["train_time_s"] > 0

@@ -82,9 +82,6 @@ class Task(Protocol):
   def better(self, record: Record, best: Record) -> bool:
     """Whether evaluation ``record`` beats ``best`` (early stopping, best checkpoint)."""
 
-  def postfix(self, latest: Sequence[Record | None], bests: Sequence[Record | None]) -> str:
-    """A short progress-bar text from each run's latest training and best evaluation records."""
-
   def mc_evaluate(self, model: nn.Module, state: steps.TrainState, k: int) -> Record:
     """Scores run ``k``'s ``state`` with Monte-Carlo dropout (summary entries)."""
 

@@ -112,13 +112,5 @@ class LanguageModelTask:
   def better(record: dict, best: dict) -> bool:
     return record["val/loss"] < best["val/loss"]
 
-  @staticmethod
-  def postfix(latest: Sequence[dict | None], bests: Sequence[dict | None]) -> str:
-    """The lowest training and best validation perplexities over the runs."""
-    train = [r["train_ppl"] for r in latest if r]
-    ppl = [b["val/ppl"] for b in bests if b]
-    parts = [f"train ppl {min(train):.1f}"] if train else []
-    return ", ".join(parts + ([f"best val ppl {min(ppl):.1f}"] if ppl else []))
-
   def mc_evaluate(self, model, state, k: int) -> dict[str, Any]:
     raise ValueError("mc_samples is implemented for classifiers only")
