@@ -36,6 +36,7 @@ Commands::
   python experiments/ptb_zaremba.py --config small          # CPU: 62.6 min on 2 cores
   python experiments/ptb_zaremba.py --config medium         # GPU (scripts/gpu_ptb.sh)
   python experiments/ptb_zaremba.py --config medium --variants
+  python experiments/ptb_zaremba.py --config gal --mc-samples 100   # GPU
   python experiments/ptb_zaremba.py --quick                 # a CPU smoke test (seconds)
 
 Outputs go to ``results/ptb/``: ``runs/<name>/`` run folders (resumable),
@@ -46,12 +47,13 @@ Outputs go to ``results/ptb/``: ``runs/<name>/`` run folders (resumable),
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from lstmdrop_jax import tables
 from lstmdrop_jax.dropout import PLACEMENTS, DropoutConfig
-from lstmdrop_jax.host_memory import keep_freed_host_memory
 from lstmdrop_jax.parallel import setup_cpu_devices
+from lstmdrop_jax.platform import keep_freed_host_memory
 from lstmdrop_jax.run_folder import read_jsonl
 from lstmdrop_jax.train import Config, train_runs
 
@@ -118,6 +120,21 @@ def variants(medium: Config) -> dict[str, Config]:
   }
 
 
+#: Seeds of the variational group (``--config gal``) and its Monte-Carlo passes.
+GAL_SEEDS = (0, 1, 2)
+GAL_MC_SAMPLES = 100
+
+
+def gal(medium: Config, mc_samples: int = GAL_MC_SAMPLES) -> dict[str, Config]:
+  """Gal & Ghahramani's variational medium LSTM over ``GAL_SEEDS``, one group. Each run
+  keeps its final and best checkpoint (``checkpoint_every`` = epochs), and its best is
+  also scored with ``mc_samples`` Monte-Carlo dropout passes over the test set."""
+  run = dataclasses.replace(
+    medium, dropout=GAL_MEDIUM, mc_samples=mc_samples, checkpoint_every=medium.epochs
+  )
+  return {f"medium_variational_s{s}": dataclasses.replace(run, seed=s) for s in GAL_SEEDS}
+
+
 def quick(config: Config) -> Config:
   """A CPU smoke test: the same recipe, 2x32 units, 2 epochs of 10 steps, scored on
   the first 4,000 tokens of validation and test."""
@@ -132,7 +149,10 @@ class Args:
   """Zaremba et al. (2014) on PTB: our perplexities next to the paper's."""
 
   config: str = "small"
-  """small, medium or large."""
+  """small, medium, large, or gal (Gal & Ghahramani's variational medium LSTM over three
+  seeds, with Monte-Carlo test perplexity)."""
+  mc_samples: int = GAL_MC_SAMPLES
+  """--config gal: Monte-Carlo dropout passes over the test set."""
   variants: bool = False
   """Also train the medium variants (placements removed; time-locked masks; Gal &
   Ghahramani's variational LSTM), all six runs as one group."""
@@ -161,6 +181,7 @@ def _row(name: str, summary: dict, cfg: Config, records: list[dict], paper: str)
   final = summary["final"]
   train_ppl = [r for r in records if "train_ppl" in r]
   val, test = PAPER.get(paper, (None, None))
+  mc = {"mc test ppl": round(summary["mc"]["test/ppl"], 1)} if "mc" in summary else {}
   return {
     "model": name,
     "size": f"{cfg.layers}x{cfg.hidden}",
@@ -171,6 +192,7 @@ def _row(name: str, summary: dict, cfg: Config, records: list[dict], paper: str)
     "train ppl": round(train_ppl[-1]["train_ppl"], 1) if train_ppl else None,
     "val ppl": round(final["val/ppl"], 1),
     "test ppl": round(final["test/ppl"], 1),
+    **mc,
     "wall time (min)": round(summary["wall_time_s"] / 60, 1),
     "device": summary["device"],
   }
@@ -188,8 +210,9 @@ def run_group(jobs: dict[str, Config], out: Path, suffix: str = "") -> list[dict
   and returns their table rows (the paper's figures by ``name``)."""
   workdirs = [out / "runs" / f"{name}{suffix}" for name in jobs]
   summaries = train_runs(list(jobs.values()), workdirs)
+  paper = lambda name: re.sub(r"_s\d+$", "", name)  # a seed's run: its recipe's row
   return [
-    _row(f"{name}{suffix}", s, cfg, read_jsonl(w / "metrics.jsonl"), paper=name)
+    _row(f"{name}{suffix}", s, cfg, read_jsonl(w / "metrics.jsonl"), paper=paper(name))
     for (name, cfg), s, w in zip(jobs.items(), summaries, workdirs, strict=True)
   ]
 
@@ -203,16 +226,21 @@ def run_study(
   quick_run: bool = False,
   epochs: int | None = None,
   checkpoints: bool = True,
+  mc_samples: int = GAL_MC_SAMPLES,
 ) -> Path:
   """Trains the jobs and writes the table; returns the Markdown table's path.
 
   Callable without the command-line dependency (scripts/gpu_ptb.sh uses it).
   ``checkpoints=False`` writes none (the runs cannot resume): for a machine whose
   disk does not outlast the call, where writing a group's states each epoch costs
-  training time.
+  training time. ``config="gal"`` keeps its final and best checkpoints either way: the
+  Monte-Carlo evaluation reads the best.
   """
-  base = zaremba(config, data_dir)
-  jobs = {config: base}
+  if config == "gal":
+    jobs = gal(zaremba("medium", data_dir), mc_samples)
+  else:
+    jobs = {config: zaremba(config, data_dir)}
+  base = next(iter(jobs.values()))
   if variants_too:
     if config != "medium":
       raise ValueError("the variants apply to --config medium")
@@ -223,7 +251,9 @@ def run_study(
   if epochs is not None:
     jobs = {k: dataclasses.replace(c, epochs=epochs) for k, c in jobs.items()}
     suffix += f"_{epochs}ep"
-  if not checkpoints:
+  if config == "gal":
+    jobs = {k: dataclasses.replace(c, checkpoint_every=c.epochs) for k, c in jobs.items()}
+  elif not checkpoints:
     jobs = {k: dataclasses.replace(c, checkpoint_every=0) for k, c in jobs.items()}
   for c in jobs.values():
     c.validate()
@@ -246,6 +276,7 @@ def main(argv=None) -> None:
       out=args.out,
       quick_run=args.quick,
       epochs=args.epochs,
+      mc_samples=args.mc_samples,
     )
   except (ValueError, OSError) as e:
     raise SystemExit(f"error: {e}") from None

@@ -3,7 +3,12 @@
 #   1. the medium group: Zaremba et al.'s medium model, each placement removed in
 #      turn, time-locked masks, and Gal & Ghahramani's variational LSTM, six runs
 #      trained together in one vmapped step (experiments/ptb_zaremba.py --variants);
-#   2. large: 2x1500, dropout 0.65, 55 epochs, on its own.
+#   2. large: 2x1500, dropout 0.65, 55 epochs, on its own;
+#   3. gal: Gal & Ghahramani's variational medium LSTM (per-gate masks) over three
+#      seeds in one vmapped group, each run's best also scored with MC_SAMPLES
+#      Monte-Carlo dropout passes over the test set (experiments/ptb_zaremba.py
+#      --config gal). Not measured on a GPU yet: GAL_EST_S assumes half the medium
+#      group's training plus a minute of Monte-Carlo passes.
 # Writes the tables, the log and every run's summary under $OUT, and no
 # checkpoints (the six medium runs' states are 1.4 GB, and a better validation
 # score comes nearly every epoch). Runs from the checkout without `pip install -e .` (it puts the
@@ -27,7 +32,8 @@
 #   PYTHON    the Python that has jax, flax and optax; default python3
 #   PTB_DIR   the folder of ptb.{train,valid,test}.txt; default ../shared/data/ptb
 #   OUT       the output folder; default results/gpu_ptb
-#   CONFIGS   which parts, in order; default "medium large"
+#   CONFIGS   which parts, in order (medium, large, gal); default "medium large"
+#   MC_SAMPLES  gal: Monte-Carlo passes over the test set; default 100
 #   BUDGET    seconds this call may take; default 600
 #   EPOCHS    overrides the configurations' epochs (the tables say so)
 #   QUICK=1   a short run of both parts (2x32 units, 2 short epochs, scored on
@@ -41,6 +47,8 @@ cd "$(dirname "$0")/.."
 START=$SECONDS
 MEDIUM_EST_S=500
 LARGE_EST_S=350
+GAL_EST_S=330
+MC_SAMPLES=${MC_SAMPLES:-100}
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c "import jax" 2>/dev/null; then
   echo "error: PYTHON=$PYTHON cannot import jax; set PYTHON to a Python that can" >&2
@@ -53,12 +61,16 @@ BUDGET=${BUDGET:-600}
 QUICK=${QUICK:-0}
 for name in $CONFIGS; do
   case $name in
-    medium | large) ;;
-    *) echo "error: CONFIGS has '$name'; the parts are medium and large" >&2; exit 2 ;;
+    medium | large | gal) ;;
+    *) echo "error: CONFIGS has '$name'; the parts are medium, large and gal" >&2; exit 2 ;;
   esac
 done
 if ! [[ $BUDGET =~ ^[0-9]+$ ]]; then
   echo "error: BUDGET=$BUDGET is not a number of seconds" >&2
+  exit 2
+fi
+if ! [[ $MC_SAMPLES =~ ^[1-9][0-9]*$ ]]; then
+  echo "error: MC_SAMPLES=$MC_SAMPLES is not a number of passes (>= 1)" >&2
   exit 2
 fi
 mkdir -p "$OUT"
@@ -66,7 +78,7 @@ export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 (nvidia-smi || true) > "$OUT/nvidia-smi.txt" 2>&1
 skipped=""
 for name in $CONFIGS; do
-  est=$([[ $name == medium ]] && echo $MEDIUM_EST_S || echo $LARGE_EST_S)
+  case $name in medium) est=$MEDIUM_EST_S ;; large) est=$LARGE_EST_S ;; *) est=$GAL_EST_S ;; esac
   left=$((BUDGET - (SECONDS - START)))
   if [[ $QUICK != 1 && -z ${EPOCHS:-} && $est -gt $left ]]; then
     echo "not started: $name needs about ${est} s and ${left} s of BUDGET=$BUDGET are left;" \
@@ -74,19 +86,20 @@ for name in $CONFIGS; do
     skipped="$skipped $name"
     continue
   fi
-  "$PYTHON" - "$OUT" "$PTB_DIR" "$name" "${EPOCHS:-}" "$QUICK" <<'PY' 2>&1 | tee -a "$OUT/log.txt"
+  mc=$([[ $QUICK == 1 ]] && echo 4 || echo "$MC_SAMPLES")
+  "$PYTHON" - "$OUT" "$PTB_DIR" "$name" "${EPOCHS:-}" "$QUICK" "$mc" <<'PY' 2>&1 | tee -a "$OUT/log.txt"
 import sys, time
 from pathlib import Path
 import jax
 from experiments.ptb_zaremba import run_study
 
-out, data, name, epochs, quick = sys.argv[1:]
+out, data, name, epochs, quick, mc = sys.argv[1:]
 print("devices:", jax.devices(), flush=True)
 t0 = time.perf_counter()
 try:
   path = run_study(name, variants_too=name == "medium", data_dir=data, out=Path(out),
                    quick_run=quick == "1", epochs=int(epochs) if epochs else None,
-                   checkpoints=False)
+                   checkpoints=False, mc_samples=int(mc))
 except (ValueError, OSError) as e:
   raise SystemExit(f"error: {e}") from None
 print(path.read_text(), f"({name}: {(time.perf_counter() - t0) / 60:.1f} min)", flush=True)

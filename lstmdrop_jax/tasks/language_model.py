@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -23,17 +24,12 @@ class LanguageModelTask:
   final_only_splits: frozenset[str] = frozenset({"test"})
   # Evaluation streams are few (validation: the batch size; test: one): replicated.
   eval_splittable = False
-  # The softmax matmuls already use every core, and a split adds an all-reduce of
-  # the embedding and softmax gradients: slower (docs/PERFORMANCE.md, ptb_small).
-  cpu_split_pays = False
 
   @classmethod
   def check_config(cls, config: Any, *, external_data: bool = False) -> None:
     if external_data:
       raise ValueError("own arrays are for classification; a language model reads a corpus")
     data_lib.check_text_dataset(config.dataset, config.data_dir)
-    if config.mc_samples:
-      raise ValueError("mc_samples is implemented for classifiers only")
     if config.best_metric == "val_accuracy":
       raise ValueError("a language model has no accuracy; use --best-metric val_loss (or auto)")
 
@@ -43,6 +39,7 @@ class LanguageModelTask:
       raise ValueError("own arrays are for classification; a language model reads a corpus")
     c = configs[0]
     self.k = len(configs)
+    self.configs = list(configs)
     self.corpus = data_lib.load_text(c.dataset, c.data_dir)
     self.name = c.dataset
     self.vocab_size = self.corpus.vocab_size
@@ -112,5 +109,54 @@ class LanguageModelTask:
   def better(record: dict, best: dict) -> bool:
     return record["val/loss"] < best["val/loss"]
 
-  def mc_evaluate(self, model, state, k: int) -> dict[str, Any]:
-    raise ValueError("mc_samples is implemented for classifiers only")
+  def mc_evaluate(self, model, state: steps.TrainState, k: int) -> dict[str, Any]:
+    """Run ``k``'s test perplexity with Monte-Carlo dropout (Gal & Ghahramani's "MC
+    dropout"): each of ``mc_samples`` passes reads the whole test stream with dropout on,
+    carrying its own state, and every word's probability is the mean over the passes."""
+    config = self.configs[k]
+    stream = text.eval_stream(self._eval_split("test"), config.num_steps, 1)
+    key = jax.random.fold_in(jax.random.key(config.seed), MC_STREAM)
+    m = mc_test_nll(model, state, stream, key, config.mc_samples)
+    record = self.eval_record("test", {"loss_sum": m["nll"], "count": m["count"]})
+    return {"samples": config.mc_samples, **record}
+
+
+#: The seed of the Monte-Carlo passes' keys: fold_in(key(seed), MC_STREAM).
+MC_STREAM = 0x4D43  # "MC"
+
+
+def mc_test_nll(
+  model: LanguageModel, state: steps.TrainState, stream: dict, key: jax.Array, samples: int
+) -> dict[str, Any]:
+  """``nll``: the summed negative log of each word's probability averaged over ``samples``
+  passes with dropout on; ``count``: the words; ``pass_nll [samples]``: each pass's own
+  summed negative log-likelihood. Over ``stream`` (``text.eval_stream``'s
+  ``[windows, streams, num_steps]`` arrays). The passes run vmapped, window by window in
+  one scan; window ``w`` of pass ``s`` draws its masks from ``fold_in(split(key)[s], w)``."""
+  if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+    raise ValueError(f"Monte-Carlo samples must be an int >= 1, got {samples!r}")
+  keys = jax.random.split(key, samples)
+  carry0 = model.initialize_carry(stream["x"].shape[1])
+
+  def window(carry_S, xs):
+    w, batch = xs
+
+    def one(carry, k):
+      logits, new = steps.forward(
+        model, steps.LANGUAGE_MODEL, state.params, state, batch, train=True,
+        key=jax.random.fold_in(k, w), carry=carry,
+      )  # fmt: skip
+      logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+      return jnp.take_along_axis(logp, batch["y"][..., None], -1)[..., 0], new
+
+    logp_S, carry_S = jax.vmap(one)(carry_S, keys)
+    logp = jax.nn.logsumexp(logp_S, axis=0) - jnp.log(samples)
+    masked = lambda a: jnp.where(batch["mask"], a, 0.0)
+    return carry_S, (-jnp.sum(masked(logp)), -jnp.sum(masked(logp_S), axis=(1, 2)))
+
+  carry_S = jax.tree.map(lambda a: jnp.broadcast_to(a, (samples, *a.shape)), carry0)
+  windows = jnp.arange(stream["x"].shape[0])
+  run = jax.jit(lambda c, xs: jax.lax.scan(window, c, xs)[1])
+  nll, pass_nll = run(carry_S, (windows, {n: jnp.asarray(a) for n, a in stream.items()}))
+  count = float(np.sum(stream["mask"]))
+  return {"nll": float(jnp.sum(nll)), "count": count, "pass_nll": np.asarray(pass_nll.sum(0))}

@@ -1,0 +1,75 @@
+"""Monte-Carlo dropout for a language model: each word's probability averaged over passes
+that each read the whole test stream with dropout on."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lstmdrop_jax import DropoutConfig, LanguageModel, steps
+from lstmdrop_jax.data import text
+from lstmdrop_jax.tasks.language_model import mc_test_nll
+
+V, H = 13, 8
+
+
+def _setup(dropout):
+  model = LanguageModel(vocab_size=V, hidden=H, layers=2, dropout=dropout, unroll=1)
+  tx = optax.sgd(0.1)
+  state = steps.create_train_state(
+    model, tx, jax.random.key(0), np.zeros((1, 5), np.int32), steps.LANGUAGE_MODEL
+  )
+  tokens = np.random.default_rng(0).integers(0, V, 61).astype(np.int32)
+  return model, state, text.eval_stream(tokens, 5, 1)
+
+
+def _deterministic_nll(model, state, stream):
+  evaluate = steps.make_evaluate(model, steps.LANGUAGE_MODEL)
+  m = evaluate(state, {n: jnp.asarray(a) for n, a in stream.items()})
+  return float(m["loss_sum"]), float(m["count"])
+
+
+def test_without_dropout_every_pass_is_the_deterministic_one():
+  model, state, stream = _setup(DropoutConfig())
+  m = mc_test_nll(model, state, stream, jax.random.key(1), samples=3)
+  want_nll, want_count = _deterministic_nll(model, state, stream)
+  assert m["count"] == want_count == 60
+  np.testing.assert_allclose(m["nll"], want_nll, rtol=1e-5)
+  np.testing.assert_allclose(m["pass_nll"], [want_nll] * 3, rtol=1e-5)
+
+
+def test_passes_differ_and_their_mean_probability_beats_their_mean_loss():
+  """With dropout the passes differ; -log of the mean probability is at most the mean of
+  the passes' -log p (Jensen), with equality only if the passes agree."""
+  model, state, stream = _setup(DropoutConfig(0.5, 0.5, 0.5, recurrent=0.3, embedding=0.2))
+  key = jax.random.key(1)
+  m = mc_test_nll(model, state, stream, key, samples=4)
+  assert len(set(m["pass_nll"].tolist())) == 4
+  assert m["nll"] < np.mean(m["pass_nll"])
+  # The same key gives the same estimate; a single pass is that pass's own loss.
+  assert mc_test_nll(model, state, stream, key, samples=4)["nll"] == m["nll"]
+  single = mc_test_nll(model, state, stream, key, samples=1)
+  np.testing.assert_allclose(single["nll"], single["pass_nll"][0], rtol=1e-6)
+  with pytest.raises(ValueError, match="samples must be an int >= 1"):
+    mc_test_nll(model, state, stream, key, samples=0)
+
+
+def test_a_language_model_run_reports_its_mc_test_perplexity(tmp_path):
+  from lstmdrop_jax.train import Config, train_and_evaluate
+
+  rng = np.random.default_rng(0)
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  for split, n in (("train", 400), ("valid", 60), ("test", 60)):
+    words = [f"w{i}" for i in rng.integers(0, 9, n)]
+    (corpus / f"{split}.txt").write_text(" ".join(words) + "\n")
+  cfg = Config(
+    dataset="text", data_dir=str(corpus), hidden=8, layers=1, num_steps=5, batch_size=4,
+    optimizer="sgd", learning_rate=1.0, epochs=2, unroll=1, mc_samples=3,
+    dropout=DropoutConfig(input=0.3, output=0.3),
+  )  # fmt: skip
+  summary = train_and_evaluate(cfg, tmp_path / "lm", progress=False)
+  mc, final = summary["mc"], summary["final"]
+  assert mc["samples"] == 3 and set(mc) == {"samples", "test/loss", "test/ppl"}
+  assert np.isfinite(mc["test/ppl"]) and 1.0 < mc["test/ppl"] < 2 * final["test/ppl"]
