@@ -1,19 +1,10 @@
-"""The benchmark's models and training steps, shared by bench.py and profile_step.py.
-
-One model, three implementations, each trained by forward + backward + Adam
-with dropout ``RATE`` at the three placements (input, between the layers,
-output):
-
-* ``ours``: ``SequenceClassifier`` / ``LanguageModel`` and
-  ``steps.make_train_step``; ``ours-scan`` is the same with ``impl="scan"``
-  (the recurrence differentiated by autodiff instead of our backward pass);
-* ``flax``: Flax's stock ``nn.RNN(nn.OptimizedLSTMCell)`` layers with
-  ``nn.Dropout``, the baseline a Flax user would write;
-* ``torch``: ``nn.LSTM(num_layers=L, dropout=RATE)`` (cuDNN on a GPU) with
-  ``nn.Dropout`` on its input and output.
-
-The heavy frameworks are imported inside the builders, so importing this
-module for ``CONFIGS`` costs nothing.
+"""bench.py's models and training steps: one model, three implementations, each trained by
+forward + backward + an optimizer update with dropout ``RATE`` at the three placements (input,
+between the layers, output). ``ours``: ``SequenceClassifier`` / ``LanguageModel`` and
+``steps.make_train_step``; ``ours-scan``: the same with ``impl="scan"`` (the recurrence
+differentiated by autodiff); ``flax``: Flax's stock ``nn.RNN(nn.OptimizedLSTMCell)`` layers with
+``nn.Dropout``; ``torch``: ``nn.LSTM`` (cuDNN on a GPU) with ``nn.Dropout`` on its input and
+output. The frameworks are imported inside the builders, so importing ``CONFIGS`` is free.
 """
 
 from __future__ import annotations
@@ -21,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-#: name: batch B, steps T, input features F or vocabulary V, hidden H, layers L,
-#: and the head ("binary": one logit from the last step; "lm": next-token softmax).
-#: ``ptb_cpu`` is experiments/ptb_cpu.py's model: PyTorch's word-language-model
-#: example, tied softmax, trained by SGD with gradient clipping ("sgd_clip"); the
-#: others by Adam.
+#: name: batch B, steps T, input features F or vocabulary V, hidden H, layers L, and the head
+#: ("binary": one logit from the last step; "lm": next-token softmax). ``ptb_cpu`` is
+#: experiments/ptb_cpu.py's model (PyTorch's word-language-model example): tied softmax, SGD
+#: with gradient clipping ("sgd_clip"); the others train by Adam.
 CONFIGS = {
   "seed_clf": dict(B=64, T=100, F=20, H=64, L=2, head="binary"),
   "zaremba_medium": dict(B=20, T=35, V=10_000, H=650, L=2, head="lm"),
@@ -44,29 +34,23 @@ DEFAULT_CONFIGS = {
 JAX_IMPLS = ("ours", "ours-scan", "flax")
 IMPLS = (*JAX_IMPLS, "torch")
 RATE = 0.5
-#: Dropout of our model (``--dropout``): Zaremba et al.'s three placements (the
-#: default, what the other implementations do), none, or those three plus one
-#: more variant each, to measure what a variant adds to a step (``variational``:
-#: Gal & Ghahramani's time-locked masks with ``recurrent``; ``untied``: that with
-#: per-gate masks, against ``variational``).
+_ZAREMBA = dict(input=RATE, between=RATE, output=RATE)
+#: Our model's dropout: Zaremba et al.'s three placements (what the others do), none, or those
+#: plus one variant (``variational``: Gal & Ghahramani's; ``untied``: with per-gate masks).
 DROPOUT_PRESETS = {
-  "zaremba": dict(input=RATE, between=RATE, output=RATE),
+  "zaremba": _ZAREMBA,
   "none": {},
-  "locked": dict(input=RATE, between=RATE, output=RATE, time_locked=True),
-  "recurrent": dict(input=RATE, between=RATE, output=RATE, recurrent=0.25),
-  "weight": dict(input=RATE, between=RATE, output=RATE, weight=0.25),
-  "zoneout": dict(input=RATE, between=RATE, output=RATE, zoneout_h=0.1, zoneout_c=0.1),
-  "zoneout_h": dict(input=RATE, between=RATE, output=RATE, zoneout_h=0.1),
-  "zoneout_c": dict(input=RATE, between=RATE, output=RATE, zoneout_c=0.1),
-  "semeniuta": dict(input=RATE, between=RATE, output=RATE, semeniuta=0.25),
-  "semeniuta_locked": dict(
-    input=RATE, between=RATE, output=RATE, semeniuta=0.25, time_locked=["semeniuta"]
-  ),
-  "rnndrop": dict(input=RATE, between=RATE, output=RATE, rnndrop=0.25),
-  "variational": dict(input=RATE, between=RATE, output=RATE, recurrent=0.25, time_locked=True),
-  "untied": dict(
-    input=RATE, between=RATE, output=RATE, recurrent=0.25, time_locked=True, per_gate=True
-  ),
+  "locked": dict(_ZAREMBA, time_locked=True),
+  "recurrent": dict(_ZAREMBA, recurrent=0.25),
+  "weight": dict(_ZAREMBA, weight=0.25),
+  "zoneout": dict(_ZAREMBA, zoneout_h=0.1, zoneout_c=0.1),
+  "zoneout_h": dict(_ZAREMBA, zoneout_h=0.1),
+  "zoneout_c": dict(_ZAREMBA, zoneout_c=0.1),
+  "semeniuta": dict(_ZAREMBA, semeniuta=0.25),
+  "semeniuta_locked": dict(_ZAREMBA, semeniuta=0.25, time_locked=["semeniuta"]),
+  "rnndrop": dict(_ZAREMBA, rnndrop=0.25),
+  "variational": dict(_ZAREMBA, recurrent=0.25, time_locked=True),
+  "untied": dict(_ZAREMBA, recurrent=0.25, time_locked=True, per_gate=True),
 }
 
 
@@ -80,13 +64,9 @@ def flops_per_step(c: dict) -> float:
 
 
 def set_matmul_precision(impl: str, precision: str) -> None:
-  """Sets the float32 matmul mode of ``impl``'s framework for this process.
-
-  ``default`` leaves each framework its own (on NVIDIA GPUs since Ampere XLA
-  and cuDNN's RNN use TF32 tensor cores, PyTorch's other matmuls full
-  float32), so that the comparison can also be made on equal arithmetic:
-  ``tf32`` everywhere or ``highest`` (full float32) everywhere.
-  """
+  """Sets the float32 matmul mode of ``impl``'s framework for this process: ``default`` leaves
+  each its own (on NVIDIA GPUs since Ampere XLA and cuDNN's RNN use TF32, PyTorch's other
+  matmuls full float32); ``tf32`` or ``highest`` (full float32) make the arithmetic equal."""
   if precision == "default":
     return
   if impl == "torch":
@@ -104,10 +84,8 @@ def set_matmul_precision(impl: str, precision: str) -> None:
 
 
 class JaxStep(NamedTuple):
-  """A jitted ``step(state, batch, key) -> (state, metrics)`` and its first inputs.
-
-  The step donates its state: feed each call the state the previous one returned.
-  """
+  """A jitted ``step(state, batch, key) -> (state, metrics)`` that donates its state, and its
+  first inputs."""
 
   step: Callable[..., Any]
   state: Any
@@ -137,14 +115,9 @@ def _ours(c: dict, impl: str, dtype: str, unroll: int | None, tx, x, dropout: st
   from lstmdrop_jax import DropoutConfig, LanguageModel, SequenceClassifier, steps
   from lstmdrop_jax import parallel as par
 
-  common = dict(
-    hidden=c["H"],
-    layers=c["L"],
-    dropout=DropoutConfig(**DROPOUT_PRESETS[dropout]),
-    unroll=unroll,
-    compute_dtype=jnp.dtype(dtype),
-    impl="scan" if impl == "ours-scan" else "fused",
-  )
+  impl, cdt = "scan" if impl == "ours-scan" else "fused", jnp.dtype(dtype)
+  common = dict(hidden=c["H"], layers=c["L"], unroll=unroll, compute_dtype=cdt, impl=impl)
+  common["dropout"] = DropoutConfig(**DROPOUT_PRESETS[dropout])
   if c["head"] == "lm":
     lm = LanguageModel(vocab_size=c["V"], tie_weights=c.get("tied", False), **common)
     model, objective = lm, steps.LANGUAGE_MODEL
@@ -171,17 +144,12 @@ def _flax_stock(c: dict, dtype: str, unroll: int | None, tx, x):
   class Stock(nn.Module):
     @nn.compact
     def __call__(self, x, train):
+      drop = lambda x: nn.Dropout(RATE, deterministic=not train)(x)
       embed = nn.Embed(c["V"], c["H"]) if lm else None
-      if lm:
-        x = embed(x)
-      x = nn.Dropout(RATE, deterministic=not train)(x)
-      for layer in range(c["L"]):
-        if layer:
-          x = nn.Dropout(RATE, deterministic=not train)(x)
-        x = nn.RNN(nn.OptimizedLSTMCell(c["H"], dtype=cdt), unroll=unroll or 1)(x)
-      if not lm:
-        x = x[:, -1]
-      x = nn.Dropout(RATE, deterministic=not train)(x)
+      x = embed(x) if lm else x
+      for _ in range(c["L"]):  # dropout on the input and between the layers
+        x = nn.RNN(nn.OptimizedLSTMCell(c["H"], dtype=cdt), unroll=unroll or 1)(drop(x))
+      x = drop(x if lm else x[:, -1])
       if c.get("tied"):
         bias = self.param("head_bias", nn.initializers.zeros_init(), (c["V"],))
         return (embed.attend(x) + bias).astype(jnp.float32)
@@ -210,55 +178,45 @@ def _flax_stock(c: dict, dtype: str, unroll: int | None, tx, x):
 
 
 def jax_step(
-  config: str,
-  impl: str,
-  dtype: str = "float32",
-  unroll: int | None = None,
-  seeds: int = 1,
-  shard: bool = False,
-  dropout: str = "zaremba",
+  config: str, impl: str, dtype="float32", unroll=None, seeds=1, shard=False, dropout="zaremba"
 ) -> JaxStep:
-  """Builds ``impl``'s jitted training step on ``config`` with its initial state.
-
-  Args:
-    config: a key of ``CONFIGS``.
-    impl: one of ``JAX_IMPLS``.
-    dtype: the matmuls' compute dtype (``float32`` or ``bfloat16``).
-    unroll: the scan's unroll (None: each implementation's default).
-    seeds: K > 1 vmaps K independent runs (one key each) into one step.
-    shard: split the batch over every device (data parallel, state
-      replicated): ours is the library's step per device (``shard_map``), Flax's
-      stock model is split by XLA (GSPMD); ignored with ``seeds > 1``.
-    dropout: our model's ``DROPOUT_PRESETS`` entry (the others keep theirs).
-  """
+  """Builds ``impl``'s (one of ``JAX_IMPLS``) jitted training step on ``config`` with its
+  initial state, its matmuls in ``dtype`` and its scan unrolled by ``unroll`` (None: each
+  implementation's default). ``seeds`` K > 1 vmaps K runs (one key each) into one step.
+  ``shard`` (ours only, ignored with ``seeds > 1``) runs the library's data-parallel step
+  (``shard_map``): the batch split over every device, the state replicated.
+  ``dropout``: our model's ``DROPOUT_PRESETS`` entry (the others keep theirs)."""
   import jax
   import jax.numpy as jnp
   import optax
 
+  from lstmdrop_jax import optim
+
   if impl not in JAX_IMPLS:
     raise ValueError(f"impl must be one of {JAX_IMPLS}, got {impl!r}")
-  from lstmdrop_jax import optim
 
   c, key = CONFIGS[config], jax.random.key(0)
   sgd = c.get("opt") == "sgd_clip"
   tx = optim.make_optimizer("sgd", SGD_LR, clip_norm=SGD_CLIP) if sgd else optax.adam(1e-3)
   batch = _jax_batch(c, key)
+  shard = shard and seeds == 1 and impl != "flax"
   if impl == "flax":
     init, run = _flax_stock(c, dtype, unroll, tx, batch["x"])
   else:
-    init, run = _ours(c, impl, dtype, unroll, tx, batch["x"], dropout, shard and seeds == 1)
+    init, run = _ours(c, impl, dtype, unroll, tx, batch["x"], dropout, shard)
   if seeds > 1:
     keys = jax.random.split(key, seeds)
     batch = jax.tree.map(lambda a: jnp.broadcast_to(a, (seeds, *a.shape)), batch)
     return JaxStep(jax.jit(jax.vmap(run), donate_argnums=0), jax.vmap(init)(keys), batch, keys)
   state = init(key)
   if shard:
+    from jax.sharding import NamedSharding, PartitionSpec
+
     from lstmdrop_jax import parallel as par
 
     mesh = par.make_mesh()
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(par.AXIS))
-    state, batch = jax.device_put(state, replicated), jax.device_put(batch, rows)
+    state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    batch = jax.device_put(batch, NamedSharding(mesh, PartitionSpec(par.AXIS)))
   return JaxStep(jax.jit(run, donate_argnums=0), state, batch, key)
 
 
@@ -266,11 +224,9 @@ def jax_step(
 
 
 def torch_step(config: str, dtype: str = "float32", device: str = "cpu") -> Callable[[], None]:
-  """PyTorch's training step on ``config``: ``step()`` runs one on a fixed batch.
-
-  ``dtype="bfloat16"`` runs the step under CUDA autocast (on a GPU only;
-  PyTorch has no bf16 cuDNN LSTM otherwise). The caller synchronises.
-  """
+  """PyTorch's training step on ``config``: ``step()`` runs one on a fixed batch, unsynchronised.
+  ``dtype="bfloat16"`` runs it under CUDA autocast (on a GPU only; PyTorch has no bf16 cuDNN
+  LSTM otherwise)."""
   import torch
   from torch import nn
 
@@ -299,14 +255,11 @@ def torch_step(config: str, dtype: str = "float32", device: str = "cpu") -> Call
   params = model.parameters()
   opt = torch.optim.SGD(params, lr=SGD_LR) if sgd else torch.optim.Adam(params, lr=1e-3)
   if lm:
-    x_BT = torch.randint(0, c["V"], (c["B"], c["T"]), device=dev)
-    y_BT = torch.roll(x_BT, -1, 1)
-    x = x_BT
+    x = torch.randint(0, c["V"], (c["B"], c["T"]), device=dev)
+    y_BT = torch.roll(x, -1, 1)
 
     def loss_fn(out_BTV):
-      nll = nn.functional.cross_entropy(
-        out_BTV.reshape(-1, c["V"]), y_BT.reshape(-1), reduction="sum"
-      )
+      nll = nn.functional.cross_entropy(out_BTV.flatten(0, 1), y_BT.flatten(), reduction="sum")
       return nll / c["B"]
   else:
     x = torch.randn(c["B"], c["T"], c["F"], device=dev)

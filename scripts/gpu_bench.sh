@@ -6,7 +6,7 @@
 # per scripts/bench.py invocation, and one failure does not stop the rest.
 # Writes under $OUT: log.txt (everything printed, every table, the summary
 # table last), bench.json (every invocation, bench.py --json) and
-# profile.json (the kernels of our float32 step, scripts/profile_step.py).
+# profile.json (the kernels of our float32 step, bench.py profile --json).
 #
 # Variables:
 #   PYTHON   the Python that has jax, flax and optax (and torch for the PyTorch
@@ -74,16 +74,19 @@ bench() { # bench TAG "CONFIGS" ARGS...: one bench.py invocation per configurati
   done
 }
 
-profile() { # where the time goes in our float32 step (the compilations come from disk)
-  local t
-  t=$(left)
-  if [ "$t" -le 0 ]; then
-    SKIPPED+=(profile)
-    return
-  fi
-  echo "### profile: profile_step.py --configs $ALL (at most $t s)"
-  timeout "$t" "$PYTHON" scripts/profile_step.py --configs $ALL --steps 5 \
-    --json "$OUT/profile.json" || echo "### profile: exit $?"
+profile() { # where the time goes in our float32 step, one configuration per invocation
+  local config t
+  for config in $ALL; do
+    t=$(left)
+    if [ "$t" -le 0 ]; then
+      SKIPPED+=("profile/$config")
+      continue
+    fi
+    echo "### profile, $config: bench.py profile --steps 5 --warmup 2 (at most $t s)"
+    "$PYTHON" scripts/bench.py profile --device "$DEVICE" --configs "$config" --steps 5 \
+      --warmup 2 --timeout "$t" --tag profile --json "$OUT/profile.json" ||
+      echo "### profile, $config: exit $?"
+  done
 }
 
 {
