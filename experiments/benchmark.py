@@ -80,8 +80,8 @@ from lstmdrop_jax import report, tables
 from lstmdrop_jax.config import Config
 from lstmdrop_jax.data import ArrayData
 from lstmdrop_jax.dropout import DropoutConfig
-from lstmdrop_jax.host_memory import keep_freed_host_memory
 from lstmdrop_jax.parallel import setup_cpu_devices
+from lstmdrop_jax.platform import keep_freed_host_memory
 from lstmdrop_jax.run_folder import RunFolderError
 
 #: Each setting's placements, all at the setting's rate.

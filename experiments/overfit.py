@@ -47,8 +47,8 @@ from pathlib import Path
 
 import tyro
 
-from lstmdrop_jax.host_memory import keep_freed_host_memory
 from lstmdrop_jax.parallel import setup_cpu_devices
+from lstmdrop_jax.platform import keep_freed_host_memory
 from lstmdrop_jax.report import SETTINGS
 from lstmdrop_jax.run_folder import RunFolderError
 from lstmdrop_jax.sweep import Sweep, run_sweep

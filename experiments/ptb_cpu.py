@@ -57,8 +57,8 @@ from pathlib import Path
 
 from lstmdrop_jax import tables
 from lstmdrop_jax.dropout import DropoutConfig
-from lstmdrop_jax.host_memory import keep_freed_host_memory
 from lstmdrop_jax.parallel import setup_cpu_devices
+from lstmdrop_jax.platform import keep_freed_host_memory
 from lstmdrop_jax.run_folder import read_config, read_jsonl, read_summary
 from lstmdrop_jax.train import Config, train_runs
 

@@ -40,8 +40,8 @@ import tyro
 from lstmdrop_jax import plots, report, tables
 from lstmdrop_jax.config import Config
 from lstmdrop_jax.dropout import REGISTRY
-from lstmdrop_jax.host_memory import keep_freed_host_memory
 from lstmdrop_jax.parallel import setup_cpu_devices
+from lstmdrop_jax.platform import keep_freed_host_memory
 from lstmdrop_jax.run_folder import RunFolderError
 from lstmdrop_jax.sweep import Sweep, train_points
 

@@ -14,9 +14,9 @@ Every module applies dropout only with ``train=True``, and then needs a key:
 """
 
 from lstmdrop_jax.convert import from_keras_lstm, from_torch_lstm, to_keras_lstm, to_torch_lstm
-from lstmdrop_jax.dropout import DropoutConfig
 from lstmdrop_jax.lstm import LSTMStack
 from lstmdrop_jax.models import LanguageModel, SequenceClassifier
+from lstmdrop_jax.placements import DropoutConfig
 
 __all__ = [
   "DropoutConfig",

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from lstmdrop_jax.data.arrays import check_layout
-from lstmdrop_jax.dropout import RATE_FIELDS, DropoutConfig
 from lstmdrop_jax.optim import DECAYING, ENDS_AT_LAST_EPOCH, SCHEDULES
+from lstmdrop_jax.placements import RATE_FIELDS, DropoutConfig
 from lstmdrop_jax.tasks import task_type
 
 
@@ -137,28 +137,8 @@ class Config:
       value = getattr(self, name)
       if value is not None and (not isinstance(value, int) or value < 2):
         raise ValueError(f"{name} must be an integer >= 2 or unset (all tokens), got {value!r}")
-    if self.mc_samples and not self.dropout.active():
-      raise ValueError(
-        "mc_samples averages passes with dropout on, and this run has no dropout: every pass "
-        "is the same and the spread is zero by construction. Set a dropout rate, or "
-        "mc_samples=0"
-      )
-    if self.mc_samples and not self.checkpoint_every:
-      raise ValueError(
-        "mc_samples scores the best checkpoint, and checkpoint_every=0 writes none; "
-        "set checkpoint_every >= 1 or mc_samples=0"
-      )
-    check_layout(self.layout)
-    if self.layout != "NTF" and external_data:
-      raise ValueError(
-        "layout applies to an .npz --dataset; give your own arrays' layout to "
-        "ArrayData(..., layout='NCT') and leave Config.layout at NTF"
-      )
-    if self.layout != "NTF" and not self.dataset.endswith(".npz"):
-      raise ValueError(
-        f"layout applies to the arrays of an .npz --dataset; {self.dataset!r} is read by the "
-        "library, which knows its layout: leave --layout at NTF"
-      )
+    self._validate_mc()
+    self._validate_layout(external_data)
     if not 0.0 < self.val_fraction < 1.0:
       raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
     if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -177,6 +157,32 @@ class Config:
     DropoutConfig(**self.to_dict()["dropout"])  # re-checks the rates
     task = task_type(self.dataset, external_data=external_data)
     task.check_config(self, external_data=external_data)  # the dataset; what its task allows
+
+  def _validate_mc(self) -> None:
+    if self.mc_samples and not self.dropout.active():
+      raise ValueError(
+        "mc_samples averages passes with dropout on, and this run has no dropout: every pass "
+        "is the same and the spread is zero by construction. Set a dropout rate, or "
+        "mc_samples=0"
+      )
+    if self.mc_samples and not self.checkpoint_every:
+      raise ValueError(
+        "mc_samples scores the best checkpoint, and checkpoint_every=0 writes none; "
+        "set checkpoint_every >= 1 or mc_samples=0"
+      )
+
+  def _validate_layout(self, external_data: bool) -> None:
+    check_layout(self.layout)
+    if self.layout != "NTF" and external_data:
+      raise ValueError(
+        "layout applies to an .npz --dataset; give your own arrays' layout to "
+        "ArrayData(..., layout='NCT') and leave Config.layout at NTF"
+      )
+    if self.layout != "NTF" and not self.dataset.endswith(".npz"):
+      raise ValueError(
+        f"layout applies to the arrays of an .npz --dataset; {self.dataset!r} is read by the "
+        "library, which knows its layout: leave --layout at NTF"
+      )
 
   def _validate_schedule(self) -> None:
     if self.schedule not in SCHEDULES:

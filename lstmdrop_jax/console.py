@@ -23,19 +23,19 @@ LINE_EVERY_S = 10.0
 def scores(latest: Sequence[Record | None], bests: Sequence[Record | None]) -> str:
   """The runs' mean training loss (a language model's lowest training perplexity) and
   their mean best validation accuracy (lowest best validation perplexity)."""
+  mean = lambda v: f"{sum(v) / len(v):.3f}"
+  lowest = lambda v: f"{min(v):.1f}"
+  shown = (
+    (latest, "train_loss", "train loss", mean),
+    (latest, "train_ppl", "train ppl", lowest),
+    (bests, "val/accuracy", "best val acc", mean),
+    (bests, "val/ppl", "best val ppl", lowest),
+  )
   parts = []
-  loss = [r["train_loss"] for r in latest if r and "train_loss" in r]
-  ppl = [r["train_ppl"] for r in latest if r and "train_ppl" in r]
-  if loss:
-    parts.append(f"train loss {sum(loss) / len(loss):.3f}")
-  if ppl:
-    parts.append(f"train ppl {min(ppl):.1f}")
-  accs = [b["val/accuracy"] for b in bests if b and "val/accuracy" in b]
-  val_ppl = [b["val/ppl"] for b in bests if b and "val/ppl" in b]
-  if accs:
-    parts.append(f"best val acc {sum(accs) / len(accs):.3f}")
-  if val_ppl:
-    parts.append(f"best val ppl {min(val_ppl):.1f}")
+  for records, key, label, summary in shown:
+    values = [r[key] for r in records if r and key in r]
+    if values:
+      parts.append(f"{label} {summary(values)}")
   return ", ".join(parts)
 
 

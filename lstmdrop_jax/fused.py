@@ -15,7 +15,7 @@ activations and the cell carry ``c_t`` (and, only for padded batches, the
 and ``tanh(c_t)`` are rebuilt from these for all steps at once before the
 backward loop: shifting a stacked block costs far less than writing three
 more blocks one step at a time. Same equations, layout and masking as the
-``nn.scan`` cell (``lstm._ScanCell``); ``tests/test_fused.py`` checks values
+``nn.scan`` cell (``layer._ScanCell``); ``tests/test_fused.py`` checks values
 and gradients against autodiff of that cell.
 
 The in-cell dropout variants (``CELL_VARIANTS``) enter the step as masks
@@ -46,9 +46,6 @@ loop, as without.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -56,45 +53,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lstmdrop_jax import platform
+
 Array = jax.Array
-
-
-_BATCH_SPLIT: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
-  "batch_split", default=None
-)
-
-
-@contextlib.contextmanager
-def batch_split_over_devices(split: bool) -> Iterator[None]:
-  """Within it, steps are traced knowing whether their batch axis is split over
-  devices (the training loop knows its layout: whole runs per device split no
-  batch). Outside, a program with several devices is taken to split it."""
-  token = _BATCH_SPLIT.set(split)
-  try:
-    yield
-  finally:
-    _BATCH_SPLIT.reset(token)
-
-
-def _flatten_time_and_batch() -> bool:
-  """Whether ``[T, B, ...]`` blocks are flattened to ``[T*B, ...]`` for matmuls.
-
-  Flattening makes the products below, and the gradients autodiff derives
-  from them, plain 2-D matmuls: XLA's CPU backend runs a contraction over two
-  dimensions (time and batch) markedly slower, about a tenth of a seed_clf
-  training step (docs/PERFORMANCE.md). But merging T and B puts a sharded
-  batch axis inside the merged one, which XLA can only honour by gathering
-  the batch on every device, so when the batch is split over devices
-  (``batch_split_over_devices``) the 3-D form is kept. The same product
-  either way; the rounding may differ.
-  """
-  split = _BATCH_SPLIT.get()
-  return not (jax.device_count() > 1 if split is None else split)
 
 
 def project_steps(x_TBF: Array, w_FG: Array, out_dtype: Any) -> Array:
   """``x_TBF @ w_FG`` for every step at once: ``[T, B, G]``."""
-  if not _flatten_time_and_batch():
+  if not platform.flatten_time_and_batch():
     return jnp.einsum("tbf,fg->tbg", x_TBF, w_FG, preferred_element_type=out_dtype)
   T, B, F = x_TBF.shape
   out = jnp.dot(x_TBF.reshape(T * B, F), w_FG, preferred_element_type=out_dtype)
@@ -106,7 +72,7 @@ def project_gate_steps(x_KTBF: Array, w_FG: Array, out_dtype: Any) -> Array:
   of ``w_FG``, for every step: ``[K, T, B, F]`` and ``[F, K*H]`` give ``[T, B, K*H]``."""
   K, T, B, F = x_KTBF.shape
   w_KFH = w_FG.reshape(F, K, -1).transpose(1, 0, 2)
-  if not _flatten_time_and_batch():
+  if not platform.flatten_time_and_batch():
     out = jnp.einsum("ktbf,kfh->tbkh", x_KTBF, w_KFH, preferred_element_type=out_dtype)
     return out.reshape(T, B, -1)
   x_KNF = x_KTBF.reshape(K, T * B, F)
@@ -117,7 +83,7 @@ def project_gate_steps(x_KTBF: Array, w_FG: Array, out_dtype: Any) -> Array:
 
 def contract_steps(a_TBH: Array, b_TBG: Array, out_dtype: Any) -> Array:
   """``sum over t, b of a[t, b]^T b[t, b]``: ``[H, G]`` (a weight gradient)."""
-  if not _flatten_time_and_batch():
+  if not platform.flatten_time_and_batch():
     return jnp.einsum("tbh,tbg->hg", a_TBH, b_TBG, preferred_element_type=out_dtype)
   T, B = a_TBH.shape[:2]
   return jnp.dot(
@@ -130,7 +96,7 @@ def contract_gate_steps(a_TKBH: Array, b_TBG: Array, out_dtype: Any) -> Array:
   ``sum over t, b of a[t, k, b]^T b[t, b, block k]`` (``a`` gate-major)."""
   T, K, B, H = a_TKBH.shape
   b_TBKG = b_TBG.reshape(T, B, K, -1)
-  if not _flatten_time_and_batch():
+  if not platform.flatten_time_and_batch():
     out = jnp.einsum("tkbh,tbkg->hkg", a_TKBH, b_TBKG, preferred_element_type=out_dtype)
     return out.reshape(H, -1)
   a_KNH = a_TKBH.transpose(1, 0, 2, 3).reshape(K, T * B, H)
@@ -385,8 +351,17 @@ def _bwd(unroll, saved, cotangents):
 
   xs = (dys, A, coef, ft, v_TB1, per_step)
   (dh0, dc0), (dz_TBG, dh_in_TBH) = jax.lax.scan(body, (dhT, dcT), xs, reverse=True, unroll=unroll)
-  # The weight gradient: one [H, T*B] @ [T*B, 4H] matmul over all steps,
-  # outside the loop (per gate: one per gate's block, batched).
+  dkernel, dscale = _weight_and_scale_grads(h_prev, dz_TBG, dh_in_TBH, kernel_hh, scale_BH)
+  dcell = None if cell is None else jax.tree.map(jnp.zeros_like, cell)  # masks: no gradient
+  return dz_TBG, dkernel, dh0, dc0, None, dscale, dcell
+
+
+def _weight_and_scale_grads(h_prev, dz_TBG, dh_in_TBH, kernel_hh, scale_BH):
+  """The recurrent kernel's gradient, one ``[H, T*B] @ [T*B, 4H]`` matmul over all steps
+  outside the loop (per gate: one per gate's block, batched), and the recurrent mask's
+  (None without one)."""
+  cdt = kernel_hh.dtype
+  gated = scale_BH is not None and scale_BH.ndim == 3
   if gated:
     h_in = h_prev[:, None] * scale_BH
     dkernel = contract_gate_steps(h_in.astype(cdt), dz_TBG.astype(cdt), jnp.float32)
@@ -395,11 +370,8 @@ def _bwd(unroll, saved, cotangents):
     dkernel = contract_steps(h_in.astype(cdt), dz_TBG.astype(cdt), jnp.float32)
   dkernel = dkernel.astype(kernel_hh.dtype)
   if scale_BH is None:
-    dscale = None
-  else:
-    dscale = jnp.sum(dh_in_TBH * (h_prev[:, None] if gated else h_prev), axis=0)
-  dcell = None if cell is None else jax.tree.map(jnp.zeros_like, cell)  # masks: no gradient
-  return dz_TBG, dkernel, dh0, dc0, None, dscale, dcell
+    return dkernel, None
+  return dkernel, jnp.sum(dh_in_TBH * (h_prev[:, None] if gated else h_prev), axis=0)
 
 
 lstm_recurrence.defvjp(_fwd, _bwd)

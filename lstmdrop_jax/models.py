@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Initializer
 
-from lstmdrop_jax import dropout as dr
-from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax import masks
 from lstmdrop_jax.lstm import Carry, LSTMStack, symmetric_uniform
+from lstmdrop_jax.placements import DropoutConfig, is_off
 
 Array = jax.Array
 
@@ -76,7 +76,7 @@ class SequenceClassifier(_OnStack, kw_only=True):
 
   @nn.compact
   def __call__(self, x_BTF: Array, *, lengths: Array | None = None, train: bool = False) -> Array:
-    h_BH, _ = self._lstm()(x_BTF, lengths=lengths, train=train, return_sequences=False)
+    h_BH = self._lstm()(x_BTF, lengths=lengths, train=train, return_sequences=False)
     binary = self.num_classes == 2
     logits = nn.Dense(1 if binary else self.num_classes, name="head")(h_BH)
     return logits[:, 0] if binary else logits
@@ -157,17 +157,17 @@ class LanguageModel(_OnStack, kw_only=True):
     )
     x_BTE = embed(tokens_BT)
     rate = self.dropout.embedding
-    if train and not dr.is_off(rate):
+    if train and not is_off(rate):
       if not self.has_rng("dropout"):
         raise ValueError(
           "train=True with non-zero dropout needs a PRNG key: call "
           "model.apply(variables, tokens, train=True, rngs={'dropout': key})"
         )
-      key = dr.mask_key(self.make_rng("dropout"), "embedding")
-      keep_V = dr.keep_mask(key, rate, (self.vocab_size,))
+      key = masks.mask_key(self.make_rng("dropout"), "embedding")
+      keep_V = masks.keep_mask(key, rate, (self.vocab_size,))
       # Whole-word dropout: a word's row is dropped for the whole batch.
-      x_BTE = dr.apply_mask(x_BTE, keep_V[tokens_BT][..., None], rate)
-    y_BTH, carry = self._lstm(**self._inits())(x_BTE, carry=carry, train=train)
+      x_BTE = masks.apply_mask(x_BTE, keep_V[tokens_BT][..., None], rate)
+    carry, y_BTH = self._lstm(**self._inits())(x_BTE, carry=carry, train=train, return_carry=True)
     # The softmax layer on the flattened [B*T, H] block: its kernel gradient is
     # then a plain 2-D matmul (on the 3-D block it contracts two dimensions,
     # which XLA's CPU backend runs markedly slower). Batch-major, so a batch

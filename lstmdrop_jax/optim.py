@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lstmdrop_jax import platform
+
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine", "plateau")
 #: Schedules that divide the rate by ``lr_decay``.
 DECAYING = ("step", "plateau")
@@ -105,24 +107,9 @@ def lr_of_epoch(config: Any, epoch: int, steps_per_epoch: int, scale: float = 1.
 
 
 def global_norm(tree: Any) -> jax.Array:
-  """The L2 norm of all of ``tree``'s leaves, as ``optax.tree.norm``, summed by rows.
-
-  Each leaf's squares are summed along its last axis by a product with a vector
-  of ones, then over the rest. Summed over a whole 2-D leaf at once, XLA's CPU
-  backend computes the sum as a 32x32 windowed reduction first, which is slow
-  on wide leaves: 13 ms for a language model's ``[200, 10000]`` softmax kernel
-  against 1.2 ms by rows, a sixth of ptb_small's training step. The product is
-  in full float32 (no TF32 on GPUs).
-  """
-
-  def sum_of_squares(x: jax.Array) -> jax.Array:
-    x2 = jnp.square(x)
-    if x2.ndim < 2:
-      return jnp.sum(x2)
-    ones = jnp.ones(x2.shape[-1], x2.dtype)
-    return jnp.sum(jnp.dot(x2, ones, precision=jax.lax.Precision.HIGHEST))
-
-  return jnp.sqrt(sum(sum_of_squares(x) for x in jax.tree.leaves(tree)))
+  """The L2 norm of all of ``tree``'s leaves, as ``optax.tree.norm``, each leaf's squares
+  summed by rows (``platform.sum_of_squares``)."""
+  return jnp.sqrt(sum(platform.sum_of_squares(x) for x in jax.tree.leaves(tree)))
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:

@@ -196,7 +196,7 @@ def plan(mode: str, *, runs: int, batch_size: int, split_pays: bool = True) -> t
   they can). ``"auto"``: on several CPU devices of one process, ``"runs"``
   when there are at least as many runs as devices (``padding`` evens them
   out), else ``"data"`` over the most devices that divide the batch (one
-  device unless ``split_pays``, the task's ``cpu_split_pays``); anywhere
+  device unless ``split_pays``: ``platform.cpu_batch_split_pays``); anywhere
   else (accelerators, several hosts), ``"data"`` over every device.
   """
   if mode not in (*MODES, "auto"):

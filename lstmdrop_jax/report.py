@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from lstmdrop_jax import tables
-from lstmdrop_jax.dropout import PLACEMENTS, RATE_FIELDS
+from lstmdrop_jax.placements import PLACEMENTS, RATE_FIELDS
 from lstmdrop_jax.run_folder import RunFolderError, read_json, read_jsonl, read_summary
 
 #: The settings of the over-fitting grid, in table order: no dropout, one

@@ -30,10 +30,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from lstmdrop_jax import dropout as dr
-from lstmdrop_jax import fused
-from lstmdrop_jax.dropout import DropoutConfig
+from lstmdrop_jax import masks, platform
 from lstmdrop_jax.optim import global_norm
+from lstmdrop_jax.placements import DropoutConfig
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -172,7 +171,7 @@ LANGUAGE_MODEL = Objective(
 )
 
 
-def _forward(model, objective, params, state, batch, *, train, key=None, carry=None):
+def forward(model, objective, params, state, batch, *, train, key=None, carry=None):
   """Logits and the new carry, with the run's dropout rates from the state.
 
   The model's own ``dropout`` says which placements the step has (its
@@ -197,7 +196,7 @@ def make_train_step(
   ``key`` is the run's dropout key; the step's key is ``fold_in(key,
   state.step)``. The loss is ``objective``'s (``Objective.denominator``).
   ``model.dropout`` says which placements exist (for runs trained together,
-  ``DropoutConfig.union`` of theirs); ``state.dropout`` holds each run's
+  ``groups.union`` of theirs); ``state.dropout`` holds each run's
   rates. The step is not jitted here: jit it (with ``donate_argnums=0``),
   vmap it, or scan it over an epoch.
 
@@ -210,7 +209,7 @@ def make_train_step(
   """
 
   def loss_fn(params, state, batch, key):
-    logits, carry = _forward(
+    logits, carry = forward(
       model, objective, params, state, batch, train=True, key=key, carry=state.carry
     )
     m = objective.metrics(logits, batch)
@@ -252,7 +251,7 @@ def _rows_of_batch(batch_axis: str | None) -> Iterator[None]:
     yield
     return
   index, count = jax.lax.axis_index(batch_axis), jax.lax.axis_size(batch_axis)
-  with dr.batch_shard(index, count), fused.batch_split_over_devices(False):
+  with masks.batch_shard(index, count), platform.batch_split_over_devices(False):
     yield
 
 
@@ -273,7 +272,7 @@ def make_eval_step(
   """
 
   def eval_step(state: TrainState, batch: Batch, carry: Any = None) -> tuple[Metrics, Any]:
-    logits, carry = _forward(model, objective, state.params, state, batch, train=False, carry=carry)
+    logits, carry = forward(model, objective, state.params, state, batch, train=False, carry=carry)
     return objective.metrics(logits, batch), carry
 
   return eval_step
@@ -350,7 +349,7 @@ def mc_probabilities(
   _check_mc(model, samples)
 
   def probs(k):
-    logits, _ = _forward(model, CLASSIFIER, state.params, state, batch, train=True, key=k)
+    logits, _ = forward(model, CLASSIFIER, state.params, state, batch, train=True, key=k)
     return jax.nn.sigmoid(logits) if logits.ndim == 1 else jax.nn.softmax(logits)
 
   return jax.vmap(probs)(jax.random.split(key, samples))

@@ -31,7 +31,7 @@ import tyro
 
 from lstmdrop_jax import parallel as par
 from lstmdrop_jax.config import PER_RUN_FIELDS, Config
-from lstmdrop_jax.host_memory import keep_freed_host_memory
+from lstmdrop_jax.platform import keep_freed_host_memory
 from lstmdrop_jax.report import ALL_SETTINGS, build_report, setting_rates
 from lstmdrop_jax.run_folder import RunFolderError
 from lstmdrop_jax.train import train_runs

@@ -50,8 +50,8 @@ def test_keras_and_torch_imports_give_the_same_function(torch_weights):
   keras = [[sd["weight_ih_l0"].T, sd["weight_hh_l0"].T, sd["bias_ih_l0"] + sd["bias_hh_l0"]]]
   x = jax.random.normal(jax.random.key(0), (2, 6, 3))
   stack = LSTMStack(hidden=4)
-  y_t, _ = stack.apply({"params": from_torch_lstm(sd)}, x)
-  y_k, _ = stack.apply({"params": from_keras_lstm(keras)}, x)
+  y_t = stack.apply({"params": from_torch_lstm(sd)}, x)
+  y_k = stack.apply({"params": from_keras_lstm(keras)}, x)
   np.testing.assert_array_equal(y_t, y_k)
 
 

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstmdrop_jax import DropoutConfig, LSTMStack, SequenceClassifier
+from lstmdrop_jax import DropoutConfig, LSTMStack, SequenceClassifier, groups
 from lstmdrop_jax import dropout as dr
+from tests.helpers import record_masks
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.3, 0.5, 0.9])
@@ -65,30 +66,13 @@ def test_same_key_same_mask_other_key_other_mask():
   assert not bool(jnp.all(a == c))
 
 
-def _record_masks(monkeypatch):
-  """Records every keep-mask a forward pass draws (un-jitted, so concrete)."""
-  drawn = []
-
-  def recording(draw):
-    def record(key, rate, shape, **kw):
-      m = draw(key, rate, shape, **kw)
-      drawn.append(np.asarray(m))
-      return m
-
-    return record
-
-  for name in ("keep_mask", "keep_mask16"):
-    monkeypatch.setattr(dr, name, recording(getattr(dr, name)))
-  return drawn
-
-
 def test_placements_and_layers_draw_independent_masks(monkeypatch):
   H, F = 16, 16  # equal sizes so every placement's mask has the same shape
   cfg = DropoutConfig(input=0.5, between=0.5, output=0.5, recurrent=0.5, time_locked=True)
   stack = LSTMStack(hidden=H, layers=3, dropout=cfg)
   x = jnp.ones((32, 5, F))
   v = stack.init(jax.random.key(0), x)
-  drawn = _record_masks(monkeypatch)
+  drawn = record_masks(monkeypatch)
   stack.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)})
   # input, between x2, output (time-locked [1, B, H]) and recurrent x3 ([B, H]).
   masks = [m.reshape(32, H) for m in drawn]
@@ -106,7 +90,7 @@ def test_time_locked_switch_per_placement(monkeypatch):
   stack = LSTMStack(hidden=4, layers=2, dropout=cfg)
   x = jnp.ones((3, 9, 4))
   v = stack.init(jax.random.key(0), x)
-  drawn = _record_masks(monkeypatch)
+  drawn = record_masks(monkeypatch)
   stack.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)})
   assert [m.shape for m in drawn] == [(9, 3, 4), (1, 3, 4), (9, 3, 4)]
 
@@ -116,8 +100,8 @@ def test_output_placement_scales_kept_outputs():
   cfg = DropoutConfig(output=0.4)
   stack = LSTMStack(hidden=5, layers=2, dropout=cfg)
   v = stack.init(jax.random.key(1), x)
-  y_eval, _ = stack.apply(v, x)
-  y_train, _ = stack.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)})
+  y_eval = stack.apply(v, x)
+  y_train = stack.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)})
   kept = y_train != 0
   np.testing.assert_array_equal(y_train[kept], (y_eval / (1 - np.float32(0.4)))[kept])
   assert 0.2 < 1 - float(kept.mean()) < 0.6
@@ -183,8 +167,8 @@ def test_config_is_a_pytree_with_static_time_locking():
 def test_a_group_differing_in_locking_carries_each_runs_flags_as_leaves():
   per_step = DropoutConfig(input=0.5, output=0.5)
   locked = per_step.replace(time_locked=["output", "semeniuta"])
-  assert type(DropoutConfig.union([per_step, per_step])) is DropoutConfig  # the usual step
-  union = DropoutConfig.union([per_step, locked])
+  assert type(groups.union([per_step, per_step])) is DropoutConfig  # the usual step
+  union = groups.union([per_step, locked])
   assert isinstance(union, dr.GroupDropout) and union.time_locked == ()
   assert union.per_run == ("output", "semeniuta")
   member = union.member(locked).as_arrays()
@@ -253,8 +237,8 @@ def test_a_block_of_the_batch_draws_its_rows_of_the_whole_batchs_mask(kind):
 def test_a_group_differing_in_per_gate_carries_each_runs_flag_as_a_leaf():
   shared = DropoutConfig(input=0.5, recurrent=0.2)
   gated = shared.replace(per_gate=True)
-  assert DropoutConfig.union([gated, gated]) == gated
-  union = DropoutConfig.union([shared, gated])
+  assert groups.union([gated, gated]) == gated
+  union = groups.union([shared, gated])
   assert isinstance(union, dr.GroupDropout) and union.per_gate and union.per_run == ()
   leaves = jax.tree.leaves(union.member(gated).as_arrays())
   assert len(leaves) == len(dr.REGISTRY) + 1 and bool(leaves[-1])

@@ -25,8 +25,7 @@ from lstmdrop_jax import run_folder
 from lstmdrop_jax.run_folder import MetricsLog, read_jsonl
 from lstmdrop_jax.train import train_and_evaluate
 from tests.conftest import SMALL_RUN
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 RUN = SMALL_RUN
 

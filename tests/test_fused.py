@@ -70,7 +70,9 @@ def test_stack_fused_and_scan_paths_agree_with_dropout(per_gate):
   rngs = {"dropout": jax.random.key(2)}
 
   def loss(stack, params):
-    y, carry = stack.apply({"params": params}, x, lengths=lengths, train=True, rngs=rngs)
+    carry, y = stack.apply(
+      {"params": params}, x, lengths=lengths, train=True, rngs=rngs, return_carry=True
+    )
     return jnp.sum(y**2) + jnp.sum(carry[0][1])
 
   l1, g1 = jax.value_and_grad(lambda p: loss(fused, p))(v["params"])

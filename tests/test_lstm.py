@@ -30,7 +30,7 @@ def test_matches_lstm_ref_outputs_and_final_carry(torch_weights):
   )  # fmt: skip
   stack = LSTMStack(hidden=H, layers=L)
   carry0 = tuple((h0[k], c0[k]) for k in range(L))
-  y, carry = stack.apply(stack_vars(sd), x, carry=carry0)
+  carry, y = stack.apply(stack_vars(sd), x, carry=carry0, return_carry=True)
   np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(jnp.stack([h for h, _ in carry]), h_ref, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(jnp.stack([c for _, c in carry]), c_ref, atol=1e-5, rtol=1e-5)
@@ -44,7 +44,7 @@ def test_gradient_matches_finite_differences_in_float64():
     v = jax.tree.map(lambda a: a.astype(jnp.float64), v)
 
     def loss(v, x):
-      y, carry = stack.apply(v, x)
+      carry, y = stack.apply(v, x, return_carry=True)
       return jnp.sum(y**2) + jnp.sum(carry[-1][1])
 
     jax.test_util.check_grads(loss, (v, x), order=1, modes=["rev"], atol=1e-7, rtol=1e-7)
@@ -70,8 +70,8 @@ def test_unroll_1_and_8_agree():
   v = s1.init(jax.random.key(1), x)
   for train in (False, True):
     kw = {"train": train, "rngs": {"dropout": jax.random.key(2)}}
-    y1, c1 = s1.apply(v, x, **kw)
-    y8, c8 = s8.apply(v, x, **kw)
+    c1, y1 = s1.apply(v, x, **kw, return_carry=True)
+    c8, y8 = s8.apply(v, x, **kw, return_carry=True)
     np.testing.assert_allclose(y1, y8, atol=1e-6, rtol=1e-6)
     np.testing.assert_allclose(c1[-1][1], c8[-1][1], atol=1e-6, rtol=1e-6)
 
@@ -81,8 +81,8 @@ def test_bf16_compute_close_to_float32():
   s32 = LSTMStack(hidden=32, layers=2)
   s16 = s32.clone(compute_dtype=jnp.bfloat16)
   v = s32.init(jax.random.key(1), x)
-  y32, _ = s32.apply(v, x)
-  y16, carry16 = s16.apply(v, x)
+  y32 = s32.apply(v, x)
+  carry16, y16 = s16.apply(v, x, return_carry=True)
   assert y16.dtype == jnp.float32 and carry16[0][1].dtype == jnp.float32
   rel = float(jnp.linalg.norm(y16 - y32) / jnp.linalg.norm(y32))
   assert rel < 1e-2, rel
@@ -93,13 +93,13 @@ def test_padded_batch_equals_each_sequence_alone():
   x = jax.random.normal(jax.random.key(0), (4, T, F))
   stack = LSTMStack(hidden=H, layers=L)
   v = stack.init(jax.random.key(1), x)
-  y, carry = stack.apply(v, x, lengths=lengths)
-  last, _ = stack.apply(v, x, lengths=lengths, return_sequences=False)
+  carry, y = stack.apply(v, x, lengths=lengths, return_carry=True)
+  last = stack.apply(v, x, lengths=lengths, return_sequences=False)
   for b, n in enumerate(lengths.tolist()):
     if n == 0:
       np.testing.assert_array_equal(carry[-1][0][b], 0.0)
       continue
-    y_b, carry_b = stack.apply(v, x[b : b + 1, :n])
+    carry_b, y_b = stack.apply(v, x[b : b + 1, :n], return_carry=True)
     np.testing.assert_allclose(y[b, :n], y_b[0], atol=1e-6)
     np.testing.assert_array_equal(y[b, n:], 0.0)
     for (h, c), (h_b, c_b) in zip(carry, carry_b, strict=True):
@@ -112,9 +112,9 @@ def test_carry_continues_the_sequence():
   x = jax.random.normal(jax.random.key(0), (B, 12, F))
   stack = LSTMStack(hidden=H, layers=L)
   v = stack.init(jax.random.key(1), x)
-  y, carry = stack.apply(v, x)
-  y1, c1 = stack.apply(v, x[:, :5])
-  y2, c2 = stack.apply(v, x[:, 5:], carry=c1)
+  carry, y = stack.apply(v, x, return_carry=True)
+  c1, y1 = stack.apply(v, x[:, :5], return_carry=True)
+  c2, y2 = stack.apply(v, x[:, 5:], carry=c1, return_carry=True)
   np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), y, atol=1e-6)
   np.testing.assert_allclose(c2[-1][1], carry[-1][1], atol=1e-6)
 
@@ -130,9 +130,9 @@ def test_shapes_and_parameter_layout():
   b = v["params"]["layer_0"]["bias"]
   np.testing.assert_array_equal(b[H : 2 * H], 1.0)
   np.testing.assert_array_equal(b[:H], 0.0)
-  y, carry = stack.apply(v, x)
+  carry, y = stack.apply(v, x, return_carry=True)
   assert y.shape == (B, T, H) and len(carry) == 3 and carry[0][0].shape == (B, H)
-  last, _ = stack.apply(v, x, return_sequences=False)
+  last = stack.apply(v, x, return_sequences=False)
   assert last.shape == (B, H)
 
 
@@ -141,8 +141,38 @@ def test_layer_alone_is_a_flax_module():
   x_TBF = jnp.ones((T, B, F))
   z = jnp.zeros((B, H))
   v = layer.init(jax.random.key(0), x_TBF, (z, z))
-  (h, c), y = layer.apply(v, x_TBF, (z, z))
+  (h, c), y = layer.apply(v, x_TBF, (z, z), return_carry=True)
   assert y.shape == (T, B, H) and h.shape == c.shape == (B, H)
+
+
+def test_outputs_alone_by_default_and_the_carry_first_on_request_as_flax_rnn():
+  """As ``flax.linen.RNN``: outputs alone, ``(carry, outputs)`` with ``return_carry``
+  (the call's argument overrides the attribute); so a stack feeds ``nn.Dense`` directly."""
+  import flax.linen as nn
+
+  x = jax.random.normal(jax.random.key(0), (B, T, F))
+  stack = LSTMStack(hidden=H, layers=2)
+  v = stack.init(jax.random.key(1), x)
+  y = stack.apply(v, x)
+  carry, y2 = stack.apply(v, x, return_carry=True)
+  np.testing.assert_array_equal(y, y2)
+  np.testing.assert_array_equal(carry[-1][0], y[:, -1])  # the top layer's last h
+  carry3, y3 = stack.clone(return_carry=True).apply(v, x)
+  assert len(carry3) == 2
+  np.testing.assert_array_equal(y3, y)
+  assert isinstance(stack.clone(return_carry=True).apply(v, x, return_carry=False), jax.Array)
+  layer_y = LSTMLayer(hidden=H).apply(
+    {"params": v["params"]["layer_0"]}, jnp.swapaxes(x, 0, 1), carry[0]
+  )
+  assert isinstance(layer_y, jax.Array) and layer_y.shape == (T, B, H)
+
+  class Head(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(LSTMStack(hidden=H)(x, return_sequences=False))
+
+  head = Head()
+  assert head.apply(head.init(jax.random.key(2), x), x).shape == (B, 3)
 
 
 @pytest.mark.parametrize(

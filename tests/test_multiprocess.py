@@ -20,16 +20,13 @@ import textwrap
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
-from lstmdrop_jax.checkpoint import RunCheckpoints
 from lstmdrop_jax.run_folder import read_jsonl
 from lstmdrop_jax.train import train_and_evaluate
 from tests.conftest import SMALL_RUN
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, assert_trees_close, restored_params
 
 # Records every file this process opens for writing, outside checkpoints/,
 # then runs the command line.
@@ -123,19 +120,6 @@ def _finish(procs, timeout=240) -> list[tuple[int, str, str]]:
   return out
 
 
-def _params(workdir: Path, epoch=None):
-  ckpt = RunCheckpoints(workdir)
-  try:
-    state, _ = ckpt.restore(epoch=epoch)
-  finally:
-    ckpt.close()
-  return state["params"]
-
-
-def _close(a, b):
-  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
-
-
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("two") / "run"
@@ -149,7 +133,7 @@ def two_processes(tmp_path_factory):
 
 def test_two_processes_train_the_one_process_run(two_processes, reference_run):
   workdir, _ = two_processes
-  _close(_params(workdir), _params(reference_run))
+  assert_trees_close(restored_params(workdir), restored_params(reference_run))
   ev = lambda d: [r for r in read_jsonl(d / "metrics.jsonl") if r.get("event") == "eval"]
   assert len(ev(workdir)) == SMALL_RUN.epochs
   for a, b in zip(ev(workdir), ev(reference_run), strict=True):
@@ -176,7 +160,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(two_processes, tmp_path
   (run / "summary.json").unlink()
   summary = train_and_evaluate(SMALL_RUN, run, progress=False)
   assert summary["epochs"] == SMALL_RUN.epochs
-  _close(_params(run), _params(workdir))
+  assert_trees_close(restored_params(run), restored_params(workdir))
 
 
 @pytest.mark.parametrize("victim", [1, 0])

@@ -13,34 +13,26 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstmdrop_jax.checkpoint import RunCheckpoints
 from lstmdrop_jax.dropout import DropoutConfig
 from lstmdrop_jax.run_folder import read_jsonl
 from lstmdrop_jax.train import Config, train_and_evaluate, train_runs
-from tests.test_text import _write_corpus
+from tests.conftest import SMALL_RUN
+from tests.helpers import ROOT, assert_trees_close, restored_params, write_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = Config(
-  dataset="synthetic",
-  hidden=8,
-  layers=2,
+BASE = dataclasses.replace(
+  SMALL_RUN,
   # Every kind of mask: per step, per sequence, in the cell.
   dropout=DropoutConfig(
     input=0.1, between=0.3, output=0.3, recurrent=0.2, zoneout_h=0.1, semeniuta=0.2, rnndrop=0.1
   ),
-  epochs=4,
-  batch_size=16,
-  checkpoint_every=2,
   keep_checkpoints=3,
-  learning_rate=3e-3,
-  unroll=1,
+  seed=0,
 )
 SEEDS = [
   dataclasses.replace(BASE, epochs=2, seed=s, dropout=DropoutConfig(output=0.1 * s))
@@ -89,7 +81,7 @@ def four_devices(tmp_path_factory):
   root = tmp_path_factory.mktemp("four")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
-  lm = dataclasses.replace(LM, data_dir=str(_write_corpus(root / "corpus")))
+  lm = dataclasses.replace(LM, data_dir=str(write_corpus(root / "corpus")))
   args = [json.dumps(c.to_dict()) for c in (BASE, lm)]
   args.insert(1, json.dumps([c.to_dict() for c in SEEDS]))
   proc = subprocess.run(
@@ -105,23 +97,10 @@ def four_devices(tmp_path_factory):
   return root, out["ERRORS"], out["PLANS"], lm
 
 
-def _params(workdir, epoch=None):
-  ckpt = RunCheckpoints(workdir)
-  try:
-    state, _ = ckpt.restore(epoch=epoch)
-  finally:
-    ckpt.close()
-  return state["params"]
-
-
-def _close(a, b):
-  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
-
-
 def test_four_devices_equal_one_device(four_devices, tmp_path):
   root, *_ = four_devices
   train_and_evaluate(BASE, tmp_path / "dp1", progress=False)
-  _close(_params(root / "dp4"), _params(tmp_path / "dp1"))
+  assert_trees_close(restored_params(root / "dp4"), restored_params(tmp_path / "dp1"))
   ev = lambda d: [r for r in read_jsonl(d / "metrics.jsonl") if r.get("event") == "eval"]
   for a, b in zip(ev(root / "dp4"), ev(tmp_path / "dp1"), strict=True):
     np.testing.assert_allclose(a["val/loss"], b["val/loss"], rtol=1e-5)
@@ -132,7 +111,7 @@ def test_a_language_model_split_over_four_devices_equals_one_device(four_devices
   batch's masks; the carry stays split with the streams."""
   root, *_, lm = four_devices
   train_runs([lm], [tmp_path / "lm1"], parallel="data", progress=False)
-  _close(_params(root / "lm4"), _params(tmp_path / "lm1"))
+  assert_trees_close(restored_params(root / "lm4"), restored_params(tmp_path / "lm1"))
   for name in ("metrics.jsonl", "summary.json"):
     assert (root / "lm4" / name).exists()
   ev = lambda d: [r["val/ppl"] for r in read_jsonl(d / "metrics.jsonl") if r.get("event") == "eval"]
@@ -151,7 +130,7 @@ def test_checkpoint_from_four_devices_resumes_on_one(four_devices, tmp_path):
   (run / "summary.json").unlink()
   summary = train_and_evaluate(BASE, run, progress=False)
   assert summary["epochs"] == 4
-  _close(_params(run), _params(root / "dp4"))
+  assert_trees_close(restored_params(run), restored_params(root / "dp4"))
 
 
 def test_an_indivisible_batch_gets_a_clear_error(four_devices):
@@ -170,7 +149,7 @@ def test_runs_sharded_and_padded_over_devices_equal_the_group_on_one_device(four
   for k in range(3):
     # Whole runs per device compute what one device computes, up to float rounding
     # (XLA compiles a device's loop over its share of the runs on its own).
-    _close(_params(root / "runs3" / str(k)), _params(one[k]))
+    assert_trees_close(restored_params(root / "runs3" / str(k)), restored_params(one[k]))
     got, want = (read_jsonl(d / "metrics.jsonl") for d in (root / "runs3" / str(k), one[k]))
     # One record per epoch and evaluation: the pad logged nothing into run 0's folder.
     events = lambda recs: [(r["epoch"], r.get("event")) for r in recs]
@@ -190,7 +169,7 @@ def test_auto_gives_cores_whole_runs_or_splits_a_classifiers_batch(four_devices,
   }
   alone = dataclasses.replace(BASE, batch_size=6)
   train_and_evaluate(alone, tmp_path / "one", progress=False)
-  _close(_params(root / "auto6"), _params(tmp_path / "one"))
+  assert_trees_close(restored_params(root / "auto6"), restored_params(tmp_path / "one"))
 
 
 def test_map_runs_loops_over_runs_in_passes_with_the_vmaps_values():
@@ -229,7 +208,7 @@ import jax, numpy as np
 from lstmdrop_jax import parallel
 from lstmdrop_jax.checkpoint import RunCheckpoints
 from lstmdrop_jax.train import Config, train_and_evaluate
-from lstmdrop_jax.host_memory import keep_freed_host_memory
+from lstmdrop_jax.platform import keep_freed_host_memory
 applied = keep_freed_host_memory()
 train_and_evaluate(Config(dataset="synthetic", hidden=8, epochs=1, batch_size=16), sys.argv[1])
 state, _ = RunCheckpoints(sys.argv[1]).restore()
@@ -373,7 +352,7 @@ def test_the_overfit_tables_on_four_devices_equal_one_devices(tmp_path):
   assert len(runs) == 5  # the 3 pad runs wrote no folder
   for run in runs:
     same = tmp_path / "1" / "runs" / run.relative_to(tmp_path / "4" / "runs")
-    _close(_params(run), _params(same))
+    assert_trees_close(restored_params(run), restored_params(same))
 
 
 def test_a_bad_heartbeat_timeout_is_one_line_naming_the_variable(monkeypatch):

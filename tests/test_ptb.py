@@ -1,20 +1,19 @@
 """Tests for lstmdrop_jax.data.ptb on the shared Penn Treebank files."""
 
 import itertools
+import json
+import os
 import shutil
-from pathlib import Path
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from lstmdrop_jax.data.ptb import MD5, bptt_batches, load_ptb, num_bptt_batches
+from tests.helpers import PTB_DIR, ROOT, needs_ptb
 
-# The files lie beside the repository, never in it: <repo>/../shared/data/ptb.
-PTB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
-
-needs_ptb = pytest.mark.skipif(
-  not PTB_DIR.is_dir(), reason=f"Penn Treebank files not found at {PTB_DIR}"
-)
+GPU_PACK = ROOT / "scripts" / "gpu_ptb.sh"
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +68,21 @@ def test_missing_file(tmp_path):
     load_ptb(str(tmp_path), check_md5=False)
 
 
+def _write_ptb(folder, train: str, valid: str, test: str) -> str:
+  """A corpus in PTB's file names under ``folder`` (its path)."""
+  for split, text in (("train", train), ("valid", valid), ("test", test)):
+    (folder / f"ptb.{split}.txt").write_text(text)
+  return str(folder)
+
+
 def test_unknown_word_in_valid(tmp_path):
-  (tmp_path / "ptb.train.txt").write_text(" a b a \n b c \n")
-  (tmp_path / "ptb.valid.txt").write_text(" a zebra \n")
-  (tmp_path / "ptb.test.txt").write_text(" c \n")
+  folder = _write_ptb(tmp_path, " a b a \n b c \n", " a zebra \n", " c \n")
   with pytest.raises(ValueError, match=r"ptb\.valid\.txt has 1 word\(s\) not in the training"):
-    load_ptb(str(tmp_path), check_md5=False)
+    load_ptb(folder, check_md5=False)
 
 
 def test_small_corpus_vocab_order(tmp_path):
-  (tmp_path / "ptb.train.txt").write_text(" b a \n c a \n")
-  (tmp_path / "ptb.valid.txt").write_text(" c \n")
-  (tmp_path / "ptb.test.txt").write_text(" b b \n")
-  data = load_ptb(str(tmp_path), check_md5=False)
+  data = load_ptb(_write_ptb(tmp_path, " b a \n c a \n", " c \n", " b b \n"), check_md5=False)
   # counts: <eos> 2, a 2, b 1, c 1 -> ties broken by the word.
   assert data.vocab == ("<eos>", "a", "b", "c")
   np.testing.assert_array_equal(data.train, [2, 1, 0, 3, 1, 0])
@@ -132,18 +133,10 @@ def test_the_gpu_pack_runs_end_to_end_on_a_cpu(tmp_path):
   """``QUICK=1 CONFIGS=medium EPOCHS=1 bash scripts/gpu_ptb.sh``: the medium group (six
   runs, mixed time-locking, one compiled step), 2x32 units, one short epoch; tables and
   summaries kept. (Large on its own is the same code path with one run.)"""
-  import json
-  import os
-  import subprocess
-  import sys
-
-  repo = Path(__file__).resolve().parents[1]
   env = {**os.environ, "QUICK": "1", "CONFIGS": "medium", "EPOCHS": "1"}
   env.update(JAX_PLATFORMS="cpu", PYTHON=sys.executable)
   env.update(OUT=str(tmp_path / "out"), PTB_DIR=str(PTB_DIR), LSTMDROP_CPU_DEVICES="1")
-  proc = subprocess.run(
-    ["bash", str(repo / "scripts" / "gpu_ptb.sh")], env=env, capture_output=True, text=True
-  )
+  proc = subprocess.run(["bash", str(GPU_PACK)], env=env, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
   out = tmp_path / "out"
   assert sorted(p.name for p in out.iterdir()) == [
@@ -164,16 +157,9 @@ def test_the_gpu_pack_runs_end_to_end_on_a_cpu(tmp_path):
 
 @needs_ptb
 def test_the_gpu_pack_refuses_a_part_the_budget_cannot_hold(tmp_path):
-  import os
-  import subprocess
-  import sys
-
-  repo = Path(__file__).resolve().parents[1]
   env = {**os.environ, "BUDGET": "100", "CONFIGS": "large", "PYTHON": sys.executable}
   env.update(OUT=str(tmp_path / "out"), PTB_DIR=str(PTB_DIR), JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-    ["bash", str(repo / "scripts" / "gpu_ptb.sh")], env=env, capture_output=True, text=True
-  )
+  proc = subprocess.run(["bash", str(GPU_PACK)], env=env, capture_output=True, text=True)
   assert proc.returncode == 3
   assert "not started: large needs about 350 s and" in proc.stderr
   assert "CONFIGS=large bash scripts/gpu_ptb.sh" in proc.stderr
@@ -181,16 +167,11 @@ def test_the_gpu_pack_refuses_a_part_the_budget_cannot_hold(tmp_path):
 
 
 def test_the_gpu_pack_names_a_bad_part_or_budget(tmp_path):
-  import os
-  import subprocess
-  import sys
-
-  script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_ptb.sh"
   for var, value, message in [
-    ("CONFIGS", "medium huge", "error: CONFIGS has 'huge'; the parts are medium and large"),
+    ("CONFIGS", "medium huge", "error: CONFIGS has 'huge'; the parts are medium, large and gal"),
     ("BUDGET", "ten", "error: BUDGET=ten is not a number of seconds"),
   ]:
     env = {**os.environ, var: value, "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
-    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    proc = subprocess.run(["bash", str(GPU_PACK)], env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == message
     assert not (tmp_path / "out").exists()  # refused before anything is written

@@ -7,11 +7,13 @@ wrong, what to do), the exit status, and that re-running once the cause is
 gone ends at the folder an uninterrupted run leaves.
 """
 
+import contextlib
 import dataclasses
 import errno
 import re
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -19,9 +21,10 @@ import pytest
 
 from lstmdrop_jax import from_keras_lstm, from_torch_lstm, run_folder
 from lstmdrop_jax.cli import main
-from lstmdrop_jax.run_folder import RunFolderError, read_jsonl
+from lstmdrop_jax.run_folder import read_jsonl
 from lstmdrop_jax.train import train_and_evaluate
 from tests.conftest import SMALL_RUN, folder_state
+from tests.helpers import PTB_DIR
 
 
 def _flags(config) -> list[str]:
@@ -36,15 +39,25 @@ def _flags(config) -> list[str]:
   return out
 
 
-def _cli_error(capsys, workdir: Path, config=SMALL_RUN) -> str:
-  """Runs the command line, expects exit status 2; returns the one error line."""
-  with pytest.raises(SystemExit) as stop:
+def _cli_error(capsys, workdir: Path, config=SMALL_RUN, patch: tuple = ()) -> str:
+  """Runs the command line, expects exit status 2; returns the one error line.
+
+  ``patch``: ``(target, name, value)``, an attribute replaced for this run only.
+  """
+  replaced = mock.patch.object(*patch, create=True) if patch else contextlib.nullcontext()
+  with replaced, pytest.raises(SystemExit) as stop:
     main(["--workdir", str(workdir), *_flags(config)])
   assert stop.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) >= 1 and err[-1].startswith("error: ")
   assert "Traceback" not in "\n".join(err)
   return err[-1]
+
+
+def _rerun_ends_as(reference_run: Path, same_folder, workdir: Path) -> None:
+  """Re-running the command in ``workdir`` ends at the folder an uninterrupted run leaves."""
+  train_and_evaluate(SMALL_RUN, workdir, progress=False)
+  same_folder(workdir, reference_run)
 
 
 def _copy(reference: Path, tmp_path: Path) -> Path:
@@ -89,8 +102,7 @@ def test_a_damaged_summary_is_named_and_rebuilt_once_deleted(
   assert str(workdir / "summary.json") in line and "not valid JSON" in line
   assert "delete it and re-run the same command" in line
   (workdir / "summary.json").unlink()
-  train_and_evaluate(SMALL_RUN, workdir, progress=False)
-  same_folder(workdir, reference_run)
+  _rerun_ends_as(reference_run, same_folder, workdir)
 
 
 def _killed_after_epoch_4_checkpoint(reference_run: Path, tmp_path: Path) -> Path:
@@ -117,17 +129,6 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_intact_one(
   same_folder(workdir, reference_run)
 
 
-def test_no_intact_checkpoint_names_the_folder(tmp_path, reference_run):
-  workdir = _killed_after_epoch_4_checkpoint(reference_run, tmp_path)
-  for ckpt in (workdir / "checkpoints" / "last").iterdir():
-    (ckpt / "meta" / "metadata").write_text("{")
-  with pytest.warns(UserWarning), pytest.raises(RunFolderError) as e:
-    train_and_evaluate(SMALL_RUN, workdir, progress=False)
-  assert f"no intact checkpoint in {workdir / 'checkpoints' / 'last'}" in str(e.value)
-  assert "epoch 4: JSONDecodeError" in str(e.value) and "epoch 2: JSONDecodeError" in str(e.value)
-  assert f"move the folder {workdir} away" in str(e.value)
-
-
 # --- operating-system failures ------------------------------------------------
 
 
@@ -141,7 +142,7 @@ def _oserror(code: int, path) -> OSError:
   [(1, "the best checkpoint (epoch 1)"), (2, "the checkpoint of epoch 2")],
 )
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(
-  tmp_path, capsys, monkeypatch, reference_run, same_folder, step, what
+  tmp_path, capsys, reference_run, same_folder, step, what
 ):
   save = ocp.CheckpointManager.save
 
@@ -151,15 +152,12 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(
     return save(self, at, *args, **kwargs)
 
   workdir = tmp_path / "run"
-  with monkeypatch.context() as m:
-    m.setattr(ocp.CheckpointManager, "save", disk_full_at)
-    line = _cli_error(capsys, workdir)
+  line = _cli_error(capsys, workdir, patch=(ocp.CheckpointManager, "save", disk_full_at))
   assert line == (
     f"error: cannot write {what} under {workdir / 'checkpoints'}: No space left on device; "
     "the older checkpoints are intact: fix that, then re-run the same command to resume"
   )
-  train_and_evaluate(SMALL_RUN, workdir, progress=False)
-  same_folder(workdir, reference_run)
+  _rerun_ends_as(reference_run, same_folder, workdir)
 
 
 def test_orbax_wrapped_os_errors_are_read_back():
@@ -187,18 +185,16 @@ def _failing_open(code: int, name: str, after: int):
 
 
 def test_permission_denied_on_the_log_is_one_line_and_loses_nothing(
-  tmp_path, capsys, monkeypatch, reference_run, same_folder
+  tmp_path, capsys, reference_run, same_folder
 ):
   workdir = tmp_path / "run"
-  with monkeypatch.context() as m:  # the 4th record: epoch 2's training record
-    m.setattr(run_folder, "open", _failing_open(errno.EACCES, "metrics.jsonl", 3), raising=False)
-    line = _cli_error(capsys, workdir)
+  refused = _failing_open(errno.EACCES, "metrics.jsonl", 3)  # epoch 2's training record
+  line = _cli_error(capsys, workdir, patch=(run_folder, "open", refused))
   assert line == (
     f"error: cannot append to {workdir / 'metrics.jsonl'}: Permission denied; check the "
     "folder's permissions, or choose another --workdir"
   )
-  train_and_evaluate(SMALL_RUN, workdir, progress=False)
-  same_folder(workdir, reference_run)
+  _rerun_ends_as(reference_run, same_folder, workdir)
 
 
 def test_a_folder_that_cannot_be_created_is_one_line(tmp_path, capsys, monkeypatch):
@@ -213,7 +209,7 @@ def test_a_folder_that_cannot_be_created_is_one_line(tmp_path, capsys, monkeypat
 
 
 def test_a_summary_that_cannot_be_written_is_one_line_and_loses_nothing(
-  tmp_path, capsys, monkeypatch, reference_run, same_folder
+  tmp_path, capsys, reference_run, same_folder
 ):
   import tempfile
 
@@ -225,13 +221,10 @@ def test_a_summary_that_cannot_be_written_is_one_line_and_loses_nothing(
     return mkstemp(*args, prefix=prefix, **kwargs)
 
   workdir = tmp_path / "run"
-  with monkeypatch.context() as m:
-    m.setattr(run_folder.tempfile, "mkstemp", read_only)
-    line = _cli_error(capsys, workdir)
+  line = _cli_error(capsys, workdir, patch=(run_folder.tempfile, "mkstemp", read_only))
   assert line.startswith(f"error: cannot write {workdir / 'summary.json'}: Read-only file system")
   assert not (workdir / "summary.json").exists()
-  train_and_evaluate(SMALL_RUN, workdir, progress=False)
-  same_folder(workdir, reference_run)
+  _rerun_ends_as(reference_run, same_folder, workdir)
 
 
 # --- bad inputs -----------------------------------------------------------------
@@ -298,11 +291,10 @@ def test_converters_refuse_layers_that_do_not_chain(sizes, message):
 
 
 def test_the_start_record_counts_the_tokens_used(tmp_path):
-  ptb = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
   from lstmdrop_jax.train import Config
 
   cfg = Config(
-    dataset="ptb", data_dir=str(ptb), hidden=8, layers=1, num_steps=10, batch_size=10,
+    dataset="ptb", data_dir=str(PTB_DIR), hidden=8, layers=1, num_steps=10, batch_size=10,
     train_tokens=3000, eval_tokens=2000, optimizer="sgd", learning_rate=1.0, epochs=1,
     unroll=1,
   )  # fmt: skip

@@ -1,7 +1,6 @@
 """Steps, losses and schedules; language-model training through the loop."""
 
 import re
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +10,7 @@ import pytest
 
 from lstmdrop_jax import DropoutConfig, LanguageModel, SequenceClassifier, optim, steps
 from lstmdrop_jax.run_folder import read_jsonl
-
-PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
+from tests.helpers import PTB_DIR, needs_ptb
 
 
 def test_classification_metrics_binary_and_multiclass():
@@ -107,12 +105,12 @@ def test_mc_dropout_averages_stochastic_passes():
     steps.make_mc_eval_step(LanguageModel(vocab_size=5, hidden=4), samples=2)
 
 
-@pytest.mark.skipif(not PTB.exists(), reason=f"PTB not found at {PTB}")
+@needs_ptb
 def test_tiny_language_model_run_lowers_validation_perplexity(tmp_path):
   from lstmdrop_jax.train import Config, train_and_evaluate
 
   cfg = Config(
-      dataset="ptb", data_dir=str(PTB), hidden=16, layers=1, num_steps=10, batch_size=20,
+      dataset="ptb", data_dir=str(PTB_DIR), hidden=16, layers=1, num_steps=10, batch_size=20,
       train_tokens=30_000, eval_tokens=20_000, optimizer="sgd", learning_rate=1.0,
       init_scale=0.1, epochs=2, dropout=DropoutConfig(input=0.1, output=0.1), unroll=1,
   )  # fmt: skip

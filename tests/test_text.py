@@ -7,37 +7,20 @@ from lstmdrop_jax.data import load_text
 from lstmdrop_jax.data.text import corpus_files, eval_stream
 from lstmdrop_jax.run_folder import read_jsonl
 from lstmdrop_jax.train import Config, train_and_evaluate
-
-
-def _write_corpus(folder, prefix="", n_lines=(400, 40, 40), seed=0):
-  """Sentences of a tiny grammar: each word is mostly followed by the next one."""
-  rng = np.random.default_rng(seed)
-  words = [f"w{i}" for i in range(12)]
-  folder.mkdir(parents=True, exist_ok=True)
-  for split, n in zip(("train", "valid", "test"), n_lines, strict=True):
-    lines = []
-    for _ in range(n):
-      i = int(rng.integers(12))
-      line = []
-      for _ in range(int(rng.integers(4, 9))):
-        line.append(words[i])
-        i = (i + 1) % 12 if rng.random() < 0.9 else int(rng.integers(12))
-      lines.append(" ".join(line))
-    (folder / f"{prefix}{split}.txt").write_text("\n".join(lines) + "\n")
-  return folder
+from tests.helpers import write_corpus
 
 
 def test_corpus_layouts_and_their_errors(tmp_path):
-  assert corpus_files(str(_write_corpus(tmp_path / "plain"))) == {
+  assert corpus_files(str(write_corpus(tmp_path / "plain"))) == {
     "train": "train.txt",
     "valid": "valid.txt",
     "test": "test.txt",
   }
-  assert corpus_files(str(_write_corpus(tmp_path / "prefixed", prefix="wiki.")))["valid"] == (
+  assert corpus_files(str(write_corpus(tmp_path / "prefixed", prefix="wiki.")))["valid"] == (
     "wiki.valid.txt"
   )
-  two = _write_corpus(tmp_path / "two", prefix="a.")
-  _write_corpus(two, prefix="b.")
+  two = write_corpus(tmp_path / "two", prefix="a.")
+  write_corpus(two, prefix="b.")
   with pytest.raises(FileNotFoundError, match="complete prefixes found: several: a, b"):
     corpus_files(str(two))
   (tmp_path / "partial").mkdir()
@@ -79,7 +62,7 @@ def test_eval_stream_predicts_every_token_once():
 
 
 def test_a_corpus_written_here_trains_through_the_language_model_path(tmp_path):
-  corpus = _write_corpus(tmp_path / "corpus")
+  corpus = write_corpus(tmp_path / "corpus")
   cfg = Config(
     dataset="text", data_dir=str(corpus), hidden=16, layers=1, num_steps=10, batch_size=8,
     optimizer="adam", learning_rate=1e-2, epochs=3, unroll=1,

@@ -7,45 +7,26 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from lstmdrop_jax import steps
+from lstmdrop_jax import groups, steps
 from lstmdrop_jax.checkpoint import RunCheckpoints
 from lstmdrop_jax.cli import main
 from lstmdrop_jax.dropout import DropoutConfig
 from lstmdrop_jax.run_folder import read_jsonl
-from lstmdrop_jax.train import Config, train_and_evaluate, train_runs
+from lstmdrop_jax.train import train_and_evaluate, train_runs
+from tests.conftest import SMALL_RUN
+from tests.helpers import ROOT, restored_params
 
-ROOT = Path(__file__).resolve().parents[1]
-
-TINY = Config(
-  dataset="synthetic",
-  hidden=8,
-  layers=2,
-  dropout=DropoutConfig(input=0.1, between=0.2, output=0.3),
-  epochs=4,
-  batch_size=16,
-  checkpoint_every=2,
-  learning_rate=3e-3,
-  unroll=1,  # compiles faster
-)
+#: ``SMALL_RUN`` with the default seed.
+TINY = dataclasses.replace(SMALL_RUN, seed=0)
 
 
 def _without_time(records):
   return [{k: v for k, v in r.items() if k != "time"} for r in records]
-
-
-def _final_params(workdir):
-  ckpt = RunCheckpoints(workdir)
-  try:
-    state, _ = ckpt.restore()
-  finally:
-    ckpt.close()
-  return state["params"]
 
 
 def test_tiny_run_writes_every_file(tmp_path):
@@ -156,7 +137,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     int(p.name) for p in (tmp_path / "run" / "checkpoints" / "last").iterdir() if p.name.isdigit()
   )
   assert last[-1] <= 3
-  params = _final_params(tmp_path / "run")
+  params = restored_params(tmp_path / "run")
   assert all(np.isfinite(a).all() for a in jax.tree.leaves(params))
 
 
@@ -204,7 +185,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, uninterrupted, sig):
   assert not (workdir / "summary.json").exists(), "the run ended before the signal"
   assert any(p.name.isdigit() for p in (workdir / "checkpoints" / "last").iterdir())
   subprocess.run(_cli(workdir), check=True, cwd=ROOT, capture_output=True)
-  got, want = _final_params(workdir), _final_params(uninterrupted)
+  got, want = restored_params(workdir), restored_params(uninterrupted)
   jax.tree.map(np.testing.assert_array_equal, got, want)
   assert _without_time(read_jsonl(log)) == _without_time(
     read_jsonl(uninterrupted / "metrics.jsonl")
@@ -269,15 +250,15 @@ def test_runs_that_differ_in_time_locking_train_together_as_alone(tmp_path):
     dataclasses.replace(TINY, epochs=1, seed=0, dropout=rates),
     dataclasses.replace(TINY, epochs=1, seed=1, dropout=locked),
   ]
-  union = DropoutConfig.union([c.dropout for c in cfgs])
+  union = groups.union([c.dropout for c in cfgs])
   assert union.per_run == ("input", "between", "output", "semeniuta")
   train_runs(cfgs, [tmp_path / f"together{k}" for k in range(2)], progress=False)
   for k, c in enumerate(cfgs):
     train_and_evaluate(c, tmp_path / f"alone{k}")
     jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-      _final_params(tmp_path / f"together{k}"),
-      _final_params(tmp_path / f"alone{k}"),
+      restored_params(tmp_path / f"together{k}"),
+      restored_params(tmp_path / f"alone{k}"),
     )
 
 
@@ -290,12 +271,12 @@ def test_runs_that_differ_in_per_gate_masks_train_together_as_alone(tmp_path):
     dataclasses.replace(TINY, epochs=2, seed=0, dropout=shared.replace(per_gate=True)),
     dataclasses.replace(TINY, epochs=2, seed=1, dropout=shared),
   ]
-  assert DropoutConfig.union([c.dropout for c in cfgs]).gate_flag is not None
+  assert groups.union([c.dropout for c in cfgs]).gate_flag is not None
   train_runs(cfgs, [tmp_path / f"together{k}" for k in range(2)], progress=False)
   for k, c in enumerate(cfgs):
     train_and_evaluate(c, tmp_path / f"alone{k}")
   together, alone = (
-    [_final_params(tmp_path / f"{w}{k}") for k in range(2)] for w in ("together", "alone")
+    [restored_params(tmp_path / f"{w}{k}") for k in range(2)] for w in ("together", "alone")
   )
   jax.tree.map(np.testing.assert_array_equal, together[0], alone[0])
   jax.tree.map(
@@ -306,7 +287,7 @@ def test_runs_that_differ_in_per_gate_masks_train_together_as_alone(tmp_path):
   twin = dataclasses.replace(cfgs[0], dropout=shared)
   train_and_evaluate(twin, tmp_path / "twin")
   differs = jax.tree.map(
-    lambda a, b: not np.allclose(a, b, atol=1e-4), alone[0], _final_params(tmp_path / "twin")
+    lambda a, b: not np.allclose(a, b, atol=1e-4), alone[0], restored_params(tmp_path / "twin")
   )
   assert any(jax.tree.leaves(differs))
   assert json.loads((tmp_path / "alone0" / "config.json").read_text())["dropout"]["per_gate"]
@@ -323,8 +304,8 @@ def test_runs_trained_together_equal_runs_trained_alone(tmp_path):
   for k, c in enumerate(cfgs):
     train_and_evaluate(c, tmp_path / f"alone{k}")
     together, alone = (
-      _final_params(tmp_path / f"together{k}"),
-      _final_params(tmp_path / f"alone{k}"),
+      restored_params(tmp_path / f"together{k}"),
+      restored_params(tmp_path / f"alone{k}"),
     )
     jax.tree.map(np.testing.assert_array_equal, together, alone)
     ev = lambda d: [r for r in read_jsonl(d / "metrics.jsonl") if r.get("event") == "eval"]

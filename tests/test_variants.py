@@ -6,15 +6,20 @@ fused path (hand-written backward pass) and the scan path (autodiff) must
 match it, values and gradients, with padded sequences.
 """
 
+import difflib
+import itertools
+import re
+
 import jax
 import jax.numpy as jnp
 import jax.test_util
 import numpy as np
 import pytest
 
-from lstmdrop_jax import DropoutConfig, LSTMStack, fused, lstm
+from lstmdrop_jax import DropoutConfig, LSTMStack, fused, layer, lstm, placements
 from lstmdrop_jax import dropout as dr
 from lstmdrop_jax.lstm import LSTMLayer
+from tests.helpers import record_masks
 
 T, B, F, H = 9, 4, 3, 5
 LENGTHS = jnp.array([9, 5, 0, 2])
@@ -108,7 +113,7 @@ def test_values_and_gradients_match_the_reference(impl, variants):
     return jnp.sum(ys * dys) + jnp.sum(1.3 * h) + jnp.sum(0.7 * c)
 
   ours = lambda p, x, h0, c0: layer.apply(
-    {"params": p}, x, (h0, c0), valid_TB=valid, **_layer_args(masks)
+    {"params": p}, x, (h0, c0), valid_TB=valid, return_carry=True, **_layer_args(masks)
   )
   ref = lambda p, x, h0, c0: reference(p, x, h0, c0, valid, masks)
   v1, g1 = jax.value_and_grad(lambda *a: loss(ours, *a), (0, 1, 2, 3))(params, x, h0, c0)
@@ -133,7 +138,7 @@ def test_gradients_match_finite_differences_in_float64():
 
     def loss(params, x, h0, c0):
       (h, c), ys = layer.apply(
-        {"params": params}, x, (h0, c0), valid_TB=valid, **_layer_args(masks)
+        {"params": params}, x, (h0, c0), valid_TB=valid, return_carry=True, **_layer_args(masks)
       )
       return jnp.sum(ys**2) + jnp.sum(h) + jnp.sum(c**2)
 
@@ -142,29 +147,14 @@ def test_gradients_match_finite_differences_in_float64():
     )
 
 
-def _drawn(monkeypatch, cfg, train=True):
+def _drawn(monkeypatch, cfg):
   """The masks an ``LSTMStack`` forward pass draws, by kind."""
-  drawn = {"keep": [], "zone": []}
-  keep, zone = dr.keep_mask16, dr.zone_mask
-
-  def rec_keep(key, rate, shape, **kw):
-    m = keep(key, rate, shape, **kw)
-    drawn["keep"].append(np.asarray(m))
-    return m
-
-  def rec_zone(key, rate, shape, **kw):
-    m = zone(key, rate, shape, **kw)
-    drawn["zone"].append(np.asarray(m))
-    return m
-
-  monkeypatch.setattr(dr, "keep_mask16", rec_keep)
-  monkeypatch.setattr(dr, "zone_mask", rec_zone)
   stack = LSTMStack(hidden=64, layers=1, dropout=cfg)
   x = jnp.ones((32, 50, 4))
   v = stack.init(jax.random.key(0), x)
-  drawn["keep"].clear()
-  drawn["zone"].clear()
-  stack.apply(v, x, train=train, rngs={"dropout": jax.random.key(5)})
+  with monkeypatch.context() as m:
+    drawn = {"keep": record_masks(m, "keep_mask16"), "zone": record_masks(m, "zone_mask")}
+    stack.apply(v, x, train=True, rngs={"dropout": jax.random.key(5)})
   return drawn
 
 
@@ -194,17 +184,17 @@ def test_zoneout_uses_its_expectation_at_evaluation(monkeypatch):
   cfg = DropoutConfig(zoneout_h=0.2, zoneout_c=0.4)
   stack = LSTMStack(hidden=H, dropout=cfg)
   v = stack.init(jax.random.key(0), x)
-  y, _ = stack.apply(v, x)  # train=False: no key, no randomness
+  y = stack.apply(v, x)  # train=False: no key, no randomness
   masks = {"zh": jnp.full((T, B, H), 0.2), "zc": jnp.full((T, B, H), 0.4)}
   p = v["params"]["layer_0"]
   h0 = jnp.zeros((B, H))
   _, want = reference(p, jnp.swapaxes(x, 0, 1), h0, h0, jnp.ones((T, B), bool), masks)
   np.testing.assert_allclose(y, jnp.swapaxes(want, 0, 1), rtol=1e-5, atol=1e-6)
-  y_plain, _ = LSTMStack(hidden=H).apply(v, x)
+  y_plain = LSTMStack(hidden=H).apply(v, x)
   assert not np.allclose(y, y_plain)
   # The other variants are the identity at evaluation.
   other = LSTMStack(hidden=H, dropout=DropoutConfig(semeniuta=0.5, rnndrop=0.5, recurrent=0.5))
-  np.testing.assert_array_equal(other.apply(v, x)[0], y_plain)
+  np.testing.assert_array_equal(other.apply(v, x), y_plain)
 
 
 def test_every_variant_trains_vmapped_and_padded():
@@ -232,37 +222,108 @@ def test_every_variant_trains_vmapped_and_padded():
   assert all(jax.tree.leaves(changed))
 
 
-def _step_text(cfg, *, without_variants=False, monkeypatch=None):
+def _plain_step(h, c, xw_BG, valid_B, kernel_hh, scale_BH, cdt, cell_t=None):
+  """A plain LSTM step, written without any in-cell variant: ``fused._step``'s signature
+  and operations (``cell_t`` is never read)."""
+  h_in = fused._recurrent_input(h, scale_BH)
+  z = xw_BG + fused._recurrent_matmul(h_in.astype(cdt), kernel_hh, xw_BG.dtype)
+  act = fused.gate_activations(z)
+  i, f, g, o = jnp.split(act, 4, axis=-1)
+  c_new = f * c + i * g
+  h_new = o * jnp.tanh(c_new)
+  if valid_B is None:
+    return h_new, c_new, h_new, act, c_new
+  v = valid_B[:, None]
+  return jnp.where(v, h_new, h), jnp.where(v, c_new, c), jnp.where(v, h_new, 0.0), act, c_new
+
+
+def _plain_coefficients(act, cs, c0, cands, per_step, invariant):
+  """The plain LSTM's backward coefficients (``fused._coefficients`` without masks)."""
+  i, f, g, o = jnp.split(act, 4, axis=-1)
+  c_prev = fused._shift_in(c0, cs)
+  tc = jnp.tanh(cs)
+  k_c = o * (1.0 - tc * tc)
+  coef = jnp.concatenate(
+    [g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)], -1
+  )
+  return k_c, coef, f
+
+
+def _no_variant_code(*args):
+  raise AssertionError("the plain LSTM reached in-cell variant code")
+
+
+def _without_cell_variants(m):
+  """Patches the library into code with no in-cell variant support: the recurrence gets
+  no ``cell``, the step and the backward coefficients are a plain LSTM's, and the
+  variants' helpers fail if reached."""
+  fused_layer = layer._fused
+  m.setattr(
+    layer, "_fused", lambda xw, k, carry, v, s, cell, u: fused_layer(xw, k, carry, v, s, None, u)
+  )
+  m.setattr(fused, "_split_cell", lambda cell: ({}, {}))
+  m.setattr(fused, "_step", _plain_step)
+  m.setattr(fused, "_coefficients", _plain_coefficients)
+  m.setattr(fused, "_mix", _no_variant_code)
+  m.setattr(fused, "_split_by", _no_variant_code)
+
+
+def _step_text(cfg, impl):
+  """The lowered text of a jitted ``SequenceClassifier`` training step with ``cfg``."""
   from lstmdrop_jax import SequenceClassifier, optim, steps
 
-  if without_variants:  # the library as if the variants did not exist
-    layer_masks = lstm._layer_masks
-    monkeypatch.setattr(lstm, "_layer_masks", lambda *a: {**layer_masks(*a), "cell": None})
-  model = SequenceClassifier(hidden=8, layers=2, unroll=1, dropout=cfg)
+  model = SequenceClassifier(hidden=8, layers=2, unroll=1, impl=impl, dropout=cfg)
   tx = optim.make_optimizer("adam", 1e-3)
   x = jnp.ones((4, 6, 3))
-  batch = {"x": x, "y": jnp.zeros(4, jnp.int32), "mask": jnp.ones(4, bool)}
+  batch = {
+    "x": x,
+    "y": jnp.zeros(4, jnp.int32),
+    "mask": jnp.ones(4, bool),
+    "lengths": jnp.array([6, 3, 6, 1]),
+  }
   state = steps.create_train_state(model, tx, jax.random.key(0), x, steps.CLASSIFIER)
   step = steps.make_train_step(model, tx, steps.CLASSIFIER)
   return jax.jit(step).lower(state, batch, jax.random.key(1)).as_text()
 
 
-def test_a_variant_switched_off_compiles_to_the_same_step(monkeypatch):
-  base = DropoutConfig(0.2, 0.2, 0.2, recurrent=0.1, weight=0.1)
-  with_code = _step_text(base)
+def _first_difference(ours: str, plain: str) -> str:
+  """The lines around the first line where two lowered programs differ other than in the
+  names of their values."""
+  a, b = ours.splitlines(), plain.splitlines()
+  unnamed = lambda line: re.sub(r"%[\w#]+", "%", line or "")
+  pairs = enumerate(itertools.zip_longest(a, b))
+  i = next((i for i, (x, y) in pairs if unnamed(x) != unnamed(y)), 0)
+  diff = difflib.unified_diff(b[max(i - 2, 0) : i + 6], a[max(i - 2, 0) : i + 6], "plain", "ours")
+  return f"the step differs from the plain LSTM's at line {i + 1}:\n" + "\n".join(diff)
+
+
+#: The placements whose masks act inside the cell (``fused.py``'s ``cell``).
+CELL_PLACEMENTS = ("zoneout_h", "zoneout_c", "semeniuta", "rnndrop")
+
+
+@pytest.mark.parametrize("impl", ["fused", "scan"])
+def test_a_variant_switched_off_compiles_to_the_step_of_code_without_variants(monkeypatch, impl):
+  """With every in-cell variant at rate 0 (and input, between, output, recurrent and
+  weight dropout on), the training step lowers to the same program as the library
+  patched into a plain LSTM that has no in-cell variant code at all."""
+  off = DropoutConfig(
+    0.2, 0.2, 0.2, recurrent=0.1, weight=0.1, **dict.fromkeys(CELL_PLACEMENTS, 0.0)
+  )
   with monkeypatch.context() as m:
-    assert _step_text(base, without_variants=True, monkeypatch=m) == with_code
-  on = base.replace(zoneout_h=0.1)
-  with_variant = _step_text(on)
-  with monkeypatch.context() as m:  # on, the variant's code is in the step
-    assert _step_text(on, without_variants=True, monkeypatch=m) != with_variant
+    _without_cell_variants(m)
+    plain = _step_text(off, impl)
+  ours = _step_text(off, impl)
+  assert ours == plain, _first_difference(ours, plain)
+  # The comparison sees each variant: switched on, its code is in the step.
+  for name in CELL_PLACEMENTS:
+    assert _step_text(off.replace(**{name: 0.1}), impl) != plain, name
 
 
 def test_forward_mode_needs_the_scan_path_and_gets_it():
   x = jax.random.normal(jax.random.key(0), (2, 5, 3))
   fused_stack = LSTMStack(hidden=4, dropout=DropoutConfig(zoneout_h=0.2))
   v = fused_stack.init(jax.random.key(1), x)
-  f = lambda s: lambda x: jnp.sum(s.apply(v, x)[0] ** 2)
+  f = lambda s: lambda x: jnp.sum(s.apply(v, x) ** 2)
   for forward in (lambda g: jax.jvp(g, (x,), (x,)), lambda g: jax.jacfwd(g)(x)):
     with pytest.raises(TypeError, match=r"forward-mode autodiff .* needs impl='scan'"):
       forward(f(fused_stack))
@@ -285,20 +346,9 @@ def test_registry_pins_the_masks_of_every_older_placement(monkeypatch):
   from lstmdrop_jax import LanguageModel
 
   def digests(model, x):
-    drawn = []
-
-    def recording(draw):
-      def record(key, rate, shape, **kw):
-        m = draw(key, rate, shape, **kw)
-        drawn.append(np.asarray(m))
-        return m
-
-      return record
-
     v = model.init(jax.random.key(0), x)
     with monkeypatch.context() as m:
-      for name in ("keep_mask", "keep_mask16"):
-        m.setattr(dr, name, recording(getattr(dr, name)))
+      drawn = record_masks(m)
       model.apply(v, x, train=True, rngs={"dropout": jax.random.key(42)})
     return {hashlib.sha256(np.packbits(a).tobytes() + str(a.shape).encode()).hexdigest()[:12]
             for a in drawn}  # fmt: skip
@@ -324,4 +374,20 @@ def test_registry_pins_the_masks_of_every_older_placement(monkeypatch):
     "input": 0, "between": 1, "output": 2, "recurrent": 3, "weight": 4, "embedding": 5,
     "zoneout_h": 6, "zoneout_c": 7, "semeniuta": 8, "rnndrop": 9,
   }  # fmt: skip
-  assert fused.CELL_VARIANTS  # every in-cell placement has its masks there
+
+
+def test_the_cell_placements_fill_exactly_the_cell_variants():
+  """Each placement of the registry on its own, at training and at evaluation: the
+  ``cell`` entries the stack gives a layer are named after it, only ``CELL_PLACEMENTS``
+  give any, and together they are ``fused.CELL_VARIANTS`` (which the recurrence takes)."""
+  filled, fillers = set(), set()
+  for p in placements.REGISTRY:
+    for key in (jax.random.key(0), None):
+      given = lstm._layer_masks(DropoutConfig(**{p.name: 0.3}), key, 0, (T, B, H), jnp.float32)
+      names = set(given["cell"] or ())
+      assert all(n.startswith(p.name) for n in names), (p.name, names)
+      filled |= names
+      fillers |= {p.name} if names else set()
+  assert fillers == set(CELL_PLACEMENTS)
+  assert filled == set(fused.CELL_VARIANTS), "the stack's cell entries vs. fused.CELL_VARIANTS"
+  assert len(fused.CELL_VARIANTS) == len(filled)

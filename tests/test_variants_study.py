@@ -2,9 +2,6 @@
 and tables."""
 
 import csv
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,20 +10,12 @@ from lstmdrop_jax import report
 from lstmdrop_jax.data import load_dataset
 from lstmdrop_jax.sweep import Sweep
 from lstmdrop_jax.train import Config
+from tests.helpers import load_script
 from tests.test_report import _fake_run
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _study():
-  if "variants_study" not in sys.modules:
-    spec = importlib.util.spec_from_file_location(
-      "variants_study", ROOT / "experiments/variants.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["variants_study"] = module
-    spec.loader.exec_module(module)
-  return sys.modules["variants_study"]
+  return load_script("experiments/variants.py", "variants_study")
 
 
 def test_synthetic_large_holds_out_300_and_tests_on_1000_clean_series():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -265,3 +265,9 @@ def check_val_fraction(val_fraction: float) -> float:
       f"split held out for validation; got {val_fraction!r}"
     )
   return float(val_fraction)
+
+
+def stack_runs(per_item: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """``[{name: a}, ...] -> {name: stacked a}`` on a new leading axis."""
+  per_item = list(per_item)
+  return {name: np.stack([d[name] for d in per_item]) for name in per_item[0]}

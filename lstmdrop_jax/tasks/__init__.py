@@ -44,8 +44,6 @@ class Task(Protocol):
       (the rest are scored at every evaluation).
     eval_splittable: whether an evaluation batch can be split over devices
       on its batch axis (else it is replicated).
-    cpu_split_pays: whether splitting a run's batch over CPU cores makes it
-      faster (``parallel.plan``'s ``"auto"``).
   """
 
   objective: steps.Objective
@@ -53,7 +51,6 @@ class Task(Protocol):
   sample_x: np.ndarray
   final_only_splits: ClassVar[frozenset[str]]
   eval_splittable: ClassVar[bool]
-  cpu_split_pays: ClassVar[bool]
 
   @classmethod
   def check_config(cls, config: Any, *, external_data: bool = False) -> None:
@@ -86,10 +83,22 @@ class Task(Protocol):
     """Scores run ``k``'s ``state`` with Monte-Carlo dropout (summary entries)."""
 
 
-def task_type(dataset: str, *, external_data: bool = False) -> type[Task]:
-  """The task that trains on ``dataset``: language modelling for text corpora,
-  classification otherwise (and always for your own arrays, ``external_data``)."""
+def task_name(dataset: str, *, external_data: bool = False) -> str:
+  """The task that trains on ``dataset``: ``"language_model"`` for text corpora,
+  ``"classification"`` otherwise (and always for your own arrays, ``external_data``)."""
   if data_lib.is_text_dataset(dataset) and not external_data:
+    return "language_model"
+  return "classification"
+
+
+def task_type(dataset: str, *, external_data: bool = False) -> type[Task]:
+  """The class of ``task_name(dataset, external_data=...)``."""
+  return task_class(task_name(dataset, external_data=external_data))
+
+
+def task_class(name: str) -> type[Task]:
+  """The class of the task ``name`` (a ``task_name``)."""
+  if name == "language_model":
     from lstmdrop_jax.tasks.language_model import LanguageModelTask
 
     return LanguageModelTask
@@ -98,25 +107,9 @@ def task_type(dataset: str, *, external_data: bool = False) -> type[Task]:
   return ClassificationTask
 
 
-def make_task(configs: Sequence[Any], *, devices: int = 1, data: Any = None) -> Task:
-  """Loads the data of a group of runs (configs that differ only per run).
-
-  ``devices``: evaluation batches are padded to a multiple of it. ``data``:
-  your own ``ArrayData`` instead of the configs' dataset name.
-  """
-  kind = task_type(configs[0].dataset, external_data=data is not None)
-  return kind(configs, devices=devices, data=data)
-
-
 def build_model(config: Any, described: Record) -> nn.Module:
   """The model of ``config`` on the data that a task's ``describe`` described."""
   return task_type(config.dataset).model_from(config, described)
 
 
-def stack(per_item: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """``[{name: a}, ...] -> {name: stacked a}`` on a new leading axis."""
-  per_item = list(per_item)
-  return {name: np.stack([d[name] for d in per_item]) for name in per_item[0]}
-
-
-__all__ = ["Task", "build_model", "make_task", "stack", "task_type"]
+__all__ = ["Task", "build_model", "task_class", "task_name", "task_type"]

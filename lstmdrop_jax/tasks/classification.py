@@ -11,8 +11,8 @@ import numpy as np
 
 from lstmdrop_jax import data as data_lib
 from lstmdrop_jax import optim, steps
+from lstmdrop_jax.data.batching import stack_runs
 from lstmdrop_jax.models import SequenceClassifier
-from lstmdrop_jax.tasks import stack
 
 #: The seed of the Monte-Carlo passes' keys: fold_in(key(seed), MC_STREAM).
 MC_STREAM = 0x4D43  # "MC"
@@ -26,8 +26,6 @@ class ClassificationTask:
   # validation epoch is reported).
   final_only_splits: frozenset[str] = frozenset()
   eval_splittable = True
-  # Each core gets a recurrent loop of its own (docs/PERFORMANCE.md).
-  cpu_split_pays = True
 
   @classmethod
   def check_config(cls, config: Any, *, external_data: bool = False) -> None:
@@ -97,20 +95,19 @@ class ClassificationTask:
     }
 
   def train_epoch_batches(self, epochs: Sequence[int]) -> dict[str, np.ndarray]:
-    return stack(
+    return stack_runs(
       [
-        stack(data_lib.train_batches(d.train, self.batch_size, c.seed, e))
+        stack_runs(data_lib.train_batches(d.train, self.batch_size, c.seed, e))
         for d, c, e in zip(self.sets, self.configs, epochs, strict=True)
       ]
     )
 
   def eval_batches(self) -> dict[str, dict[str, np.ndarray]]:
-    return {
-      split: stack(
-        [stack(data_lib.eval_batches(getattr(d, split), self._split_bs[split])) for d in self.sets]
-      )
-      for split in self.sets[0].splits
-    }
+    batches = lambda d, split: stack_runs(
+      data_lib.eval_batches(getattr(d, split), self._split_bs[split])
+    )
+    splits = self.sets[0].splits
+    return {split: stack_runs([batches(d, split) for d in self.sets]) for split in splits}
 
   def train_record(self, m: dict[str, float], config: Any, epoch: int) -> dict[str, Any]:
     n = max(m["count"], 1.0)
