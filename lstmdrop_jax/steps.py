@@ -279,23 +279,19 @@ def make_eval_step(
 
 
 def make_train_epoch(
-  model: nn.Module,
-  tx: optax.GradientTransformation,
-  objective: Objective,
-  *,
-  batch_axis: str | None = None,
+  step: Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]],
 ) -> Callable[[TrainState, Batch, Array], tuple[TrainState, Metrics]]:
-  """Builds ``train_epoch(state, batches, key) -> (state, metrics)``.
+  """Builds ``train_epoch(state, batches, key) -> (state, metrics)`` from a
+  ``train_step`` (``make_train_step``).
 
-  One compiled call per epoch: ``train_step`` scanned over the leading axis of
+  One compiled call per epoch: ``step`` scanned over the leading axis of
   ``batches`` (``[steps, B, ...]``), starting from a zero carry (a language
   model's hidden state is reset at the start of each epoch). The metrics are
   summed over the steps, plus ``finite``: whether the loss and the new
-  parameters are finite. ``batch_axis``: as in ``make_train_step``.
+  parameters are finite.
   """
 
   def train_epoch(state: TrainState, batches: Batch, key: Array):
-    step = make_train_step(model, tx, objective, batch_axis=batch_axis)
     state = state.replace(carry=jax.tree.map(jnp.zeros_like, state.carry))
     new, per_step = jax.lax.scan(lambda s, b: step(s, b, key), state, batches)
     metrics = jax.tree.map(lambda a: jnp.sum(a, 0), per_step)

@@ -309,7 +309,9 @@ def _epoch_function(task: Task, model, tx, over_runs, mesh, mode: str, sh: dict)
   (states, metrics)``; inactive runs (finished, stopped, diverged) keep their state."""
   split = mode == "data" and mesh.size > 1  # each device trains on its rows of the batch
   axis = par.AXIS if split else None
-  train_epoch = steps.make_train_epoch(model, tx, task.objective, batch_axis=axis)
+  train_epoch = steps.make_train_epoch(
+    steps.make_train_step(model, tx, task.objective, batch_axis=axis)
+  )
 
   def run_epoch(state, batches, key_data, active):
     new, metrics = train_epoch(state, batches, jax.random.wrap_key_data(key_data))
