@@ -170,6 +170,7 @@ def test_the_gpu_pack_names_a_bad_part_or_budget(tmp_path):
   for var, value, message in [
     ("CONFIGS", "medium huge", "error: CONFIGS has 'huge'; the parts are medium, large and gal"),
     ("BUDGET", "ten", "error: BUDGET=ten is not a number of seconds"),
+    ("MC_SAMPLES", "many", "error: MC_SAMPLES=many is not a number of passes (>= 1)"),
   ]:
     env = {**os.environ, var: value, "PYTHON": sys.executable, "OUT": str(tmp_path / "out")}
     proc = subprocess.run(["bash", str(GPU_PACK)], env=env, capture_output=True, text=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -135,7 +136,17 @@ def mc_test_nll(
   one scan; window ``w`` of pass ``s`` draws its masks from ``fold_in(split(key)[s], w)``."""
   if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
     raise ValueError(f"Monte-Carlo samples must be an int >= 1, got {samples!r}")
-  keys = jax.random.split(key, samples)
+  stream_j = {n: jnp.asarray(a) for n, a in stream.items()}
+  nll, pass_nll = _mc_scan(model, samples, state, jax.random.split(key, samples), stream_j)
+  count = float(np.sum(stream["mask"]))
+  return {"nll": float(jnp.sum(nll)), "count": count, "pass_nll": np.asarray(pass_nll.sum(0))}
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _mc_scan(model, samples, state, keys, stream):
+  """``mc_test_nll``'s passes, compiled once per model and number of passes (the state,
+  keys and stream are arguments, not constants baked into the program): per window, the
+  summed ``-log`` mean probability and each pass's summed ``-log p``."""
   carry0 = model.initialize_carry(stream["x"].shape[1])
 
   def window(carry_S, xs):
@@ -156,7 +167,4 @@ def mc_test_nll(
 
   carry_S = jax.tree.map(lambda a: jnp.broadcast_to(a, (samples, *a.shape)), carry0)
   windows = jnp.arange(stream["x"].shape[0])
-  run = jax.jit(lambda c, xs: jax.lax.scan(window, c, xs)[1])
-  nll, pass_nll = run(carry_S, (windows, {n: jnp.asarray(a) for n, a in stream.items()}))
-  count = float(np.sum(stream["mask"]))
-  return {"nll": float(jnp.sum(nll)), "count": count, "pass_nll": np.asarray(pass_nll.sum(0))}
+  return jax.lax.scan(window, carry_S, (windows, stream))[1]
