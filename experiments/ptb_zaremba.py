@@ -34,7 +34,7 @@ epoch.
 Commands::
 
   python experiments/ptb_zaremba.py --config small          # CPU: 62.6 min on 2 cores
-  python experiments/ptb_zaremba.py --config medium         # GPU (scripts/gpu_ptb.sh)
+  python experiments/ptb_zaremba.py --config medium         # GPU (experiments/gpu_ptb.sh)
   python experiments/ptb_zaremba.py --config medium --variants
   python experiments/ptb_zaremba.py --config gal --mc-samples 100   # GPU
   python experiments/ptb_zaremba.py --quick                 # a CPU smoke test (seconds)
@@ -230,7 +230,7 @@ def run_study(
 ) -> Path:
   """Trains the jobs and writes the table; returns the Markdown table's path.
 
-  Callable without the command-line dependency (scripts/gpu_ptb.sh uses it).
+  Callable without the command-line dependency (experiments/gpu_ptb.sh uses it).
   ``checkpoints=False`` writes none (the runs cannot resume): for a machine whose
   disk does not outlast the call, where writing a group's states each epoch costs
   training time. ``config="gal"`` keeps its final and best checkpoints either way: the

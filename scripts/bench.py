@@ -1,28 +1,24 @@
-"""Training-step benchmarks: each mode measures its candidates and their baseline in fresh
-processes of the same invocation and prints their ratios.
+"""Training-step benchmarks. Each mode measures its candidates and their baseline in fresh
+processes of one invocation, alternating over ``--rounds``, and prints their ratios.
 
-* ``steps`` (the default; its name may be left out): our LSTM's training step (forward +
-  backward + optimizer update, dropout 0.5 at the three placements) against Flax's stock stack
-  and PyTorch (cuDNN on a GPU); the models are in ``bench_models.py``.
-* ``variants``: our step with each preset of ``bench_models.DROPOUT_PRESETS``, against the first.
-* ``profile``: ``--steps`` steps traced by ``jax.profiler``: wall and summed kernel time per step
-  (on a GPU the gap is launch and host overhead) and the ``--top`` kernels with their launches
-  per step. On a CPU the kernels are XLA's thunks, some of which overlap on other threads.
+* ``steps`` (the default): our training step (forward, backward, optimizer update, dropout 0.5
+  at the three placements) against Flax's stock stack and PyTorch (cuDNN on a GPU); the models
+  are in ``bench_models.py``.
+* ``variants``: our step with each of ``bench_models.DROPOUT_PRESETS``, against the first.
+* ``profile``: ``--steps`` steps traced by ``jax.profiler``: wall and summed kernel time per
+  step (on a GPU the gap is launch and host overhead) and the ``--top`` kernels.
 * ``cores``: ``experiments/overfit.py`` on one CPU device against one device per usable core,
-  each in a fresh output folder, and whether both wrote the same table.
+  and whether both wrote the same table.
 
-A step is timed after its first call (compilation) and ``--warmup`` more, as the median over
-``--repeats`` windows of ``--steps`` steps. ``--rounds R`` measures everything R times,
-alternating, so that the machine's drift hits all alike, and reports the median. Every process
-runs with glibc keeping freed memory (``platform.MALLOC_ENV``) unless ``LSTMDROP_NO_MALLOPT=1``.
-A failed or timed-out measurement is reported as failed, and the exit status is then 1.
-Needs ``lstmdrop_jax`` importable (installed, or ``PYTHONPATH`` at the checkout).
+A step is timed after its first call and ``--warmup`` more, as the median of ``--repeats``
+windows of ``--steps`` steps. Processes run with ``platform.MALLOC_ENV`` unless
+``LSTMDROP_NO_MALLOPT=1``. A failed or timed-out measurement is reported, and the exit status
+is 1. Needs ``lstmdrop_jax`` importable (installed, or ``PYTHONPATH`` at the checkout).
 
   python scripts/bench.py --device cpu --configs ptb_cpu --impls ours torch --rounds 5
-  python scripts/bench.py --device gpu --dtype bfloat16 --seeds 8 --json bench.json --tag bf16
-  python scripts/bench.py --show bench.json    # one table of every invocation in the file
+  python scripts/bench.py --device gpu --dtype bfloat16 --seeds 8 --json bench.json
   python scripts/bench.py variants --configs seed_clf --presets zaremba zoneout --rounds 5
-  python scripts/bench.py profile --configs seed_clf zaremba_medium --json profile.json
+  python scripts/bench.py profile --configs seed_clf zaremba_medium
   python scripts/bench.py cores --epochs 40    # arguments after -- go to overfit.py
 """
 
@@ -59,13 +55,18 @@ VARIANTS = "zaremba recurrent weight zoneout_h zoneout_c zoneout semeniuta semen
 TIMING = ("warmup", "steps", "repeats")
 #: Lower bounds of the numeric options.
 MINIMA = {
-  "rounds": 1, "seeds": 1, "warmup": 0, "steps": 1, "repeats": 1, "cpu_devices": 1, "top": 1,
-  "one_device_runs_at_once": 1,
-}  # fmt: skip
+  "rounds": 1,
+  "seeds": 1,
+  "warmup": 0,
+  "steps": 1,
+  "repeats": 1,
+  "cpu_devices": 1,
+  "top": 1,
+}
 #: The settings of the modes that have no option for them.
 FIXED = {
   "rounds": 1, "repeats": 1, "seeds": 1, "shard": None, "cpu_devices": None, "top": None,
-  "impls": ["ours"], "dropout": ["zaremba"], "show": None, "single": None, "json": None,
+  "impls": ["ours"], "dropout": ["zaremba"], "single": None, "json": None,
 }  # fmt: skip
 
 # --- parse --------------------------------------------------------------------
@@ -88,7 +89,6 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
   add("--timeout", type=float, default=timeout, help=timeout_help)
   if mode == "cores":
     add("--epochs", type=int, help="overfit.py's --epochs (default: its own)")
-    add("--one-device-runs-at-once", type=int, help="the one-device layout's --runs-at-once")
     return p
   add("--device", choices=["cpu", "gpu"], default="cpu")
   default = "by --device" if mode == "steps" else "seed_clf"
@@ -100,15 +100,13 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
   add("--unroll", type=int, help="scan unroll of ours and flax (default: each its own)")
   add("--warmup", type=int, default=5, help="steps after the first, before timing")
   if mode == "profile":
-    add("--steps", type=int, default=10, help="traced steps")
+    add("--steps", type=int, default=10, help="traced steps of ours")
     add("--top", type=int, default=15, help="kernels listed per configuration")
-    jax_impls = dict(nargs="+", choices=models.JAX_IMPLS, default=["ours"], metavar="IMPL")
-    add("--impls", **jax_impls, help="of %(choices)s (default: ours)")
   else:
     add("--steps", type=int, default=20, help="steps per timed window")
     add("--repeats", type=int, default=5, help="timed windows; their median is reported")
   add("--json", type=Path, metavar="FILE", help="append this invocation's results to FILE")
-  add("--tag", help="this invocation's name in --json and --show (default: from the options)")
+  add("--tag", help="this invocation's name in --json (default: from the options)")
   if mode == "variants":
     presets = dict(nargs="+", choices=list(models.DROPOUT_PRESETS), metavar="PRESET")
     presets_help = "our dropout presets of %(choices)s, timed against the first"
@@ -121,7 +119,6 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
   shard = "split ours's batch over all devices (the others run on one)"
   add("--shard", nargs="?", const="ours", choices=["ours"], help=shard)
   add("--cpu-devices", type=int, help="present the CPU as this many JAX devices (see --shard)")
-  add("--show", type=Path, metavar="FILE", help="print the table of all invocations in FILE")
   add("--single", type=json.loads, metavar="JOB", help=argparse.SUPPRESS)  # a measuring child
   return p
 
@@ -145,8 +142,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.error(f"--timeout must be > 0 seconds, got {args.timeout:g}")
   if mode == "cores":
     return args
-  if args.show and not args.show.is_file():
-    p.error(f"--show: no such file: {args.show}")
   by_mode = models.DEFAULT_CONFIGS[args.device] if mode == "steps" else ["seed_clf"]
   args.configs = args.configs or by_mode
   args.tag = args.tag or default_tag(args)
@@ -357,10 +352,7 @@ def run_cores(args) -> tuple[str, list[str]]:
   """The ``cores`` mode: its table, and the layouts whose runs failed."""
   from lstmdrop_jax.parallel import usable_cores
 
-  at_once = args.one_device_runs_at_once
-  one = ["--cpu-devices", "1"] + (["--runs-at-once", str(at_once)] if at_once else [])
-  layouts = {"1 device" + (f", {at_once} runs at once" if at_once else ""): one}
-  layouts[f"{usable_cores()} devices (default)"] = []
+  layouts = {"1 device": ["--cpu-devices", "1"], f"{usable_cores()} devices (default)": []}
   extra = args.extra + (["--epochs", str(args.epochs)] if args.epochs else [])
   with tempfile.TemporaryDirectory(prefix="bench_cores_") as tmp:
 
@@ -460,18 +452,6 @@ def profile_text(rec: dict) -> str:
   return "\n".join(lines)
 
 
-def summary_table(records: list[dict]) -> str:
-  """One row per measurement of every invocation in a ``--json`` file."""
-  header = ["run", "device", "config", "dtype", "precision", "unroll", "impl", "ms/step"]
-  rows = []
-  for rec in records:
-    setting = [rec["dtype"], rec["precision"], rec["unroll"] or "default"]
-    for r in rec["results"]:
-      rows += [[rec["tag"], rec["device"], r["config"], *setting, i, ms_cell(r[i])]
-               for i in rec["measured"]]  # fmt: skip
-  return tables.markdown(header, rows)
-
-
 def append_json(path: Path, record: dict) -> None:
   """Adds ``record`` to the list of invocations in ``path`` (created if absent)."""
   records = json.loads(path.read_text()) if path.exists() else []
@@ -481,9 +461,6 @@ def append_json(path: Path, record: dict) -> None:
 
 def main(argv=None) -> None:
   args = parse_args(argv)
-  if args.show:
-    print(summary_table(json.loads(args.show.read_text())), end="")
-    return
   if args.single:
     from lstmdrop_jax import parallel
 

@@ -35,12 +35,10 @@ JAX_IMPLS = ("ours", "ours-scan", "flax")
 IMPLS = (*JAX_IMPLS, "torch")
 RATE = 0.5
 _ZAREMBA = dict(input=RATE, between=RATE, output=RATE)
-#: Our model's dropout: Zaremba et al.'s three placements (what the others do), none, or those
-#: plus one variant (``variational``: Gal & Ghahramani's; ``untied``: with per-gate masks).
+#: Our model's dropout: Zaremba et al.'s three placements (what the others do), or those plus
+#: one variant.
 DROPOUT_PRESETS = {
   "zaremba": _ZAREMBA,
-  "none": {},
-  "locked": dict(_ZAREMBA, time_locked=True),
   "recurrent": dict(_ZAREMBA, recurrent=0.25),
   "weight": dict(_ZAREMBA, weight=0.25),
   "zoneout": dict(_ZAREMBA, zoneout_h=0.1, zoneout_c=0.1),
@@ -49,8 +47,6 @@ DROPOUT_PRESETS = {
   "semeniuta": dict(_ZAREMBA, semeniuta=0.25),
   "semeniuta_locked": dict(_ZAREMBA, semeniuta=0.25, time_locked=["semeniuta"]),
   "rnndrop": dict(_ZAREMBA, rnndrop=0.25),
-  "variational": dict(_ZAREMBA, recurrent=0.25, time_locked=True),
-  "untied": dict(_ZAREMBA, recurrent=0.25, time_locked=True, per_gate=True),
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 from lstmdrop_jax.data.ptb import MD5, bptt_batches, load_ptb, num_bptt_batches
 from tests.helpers import PTB_DIR, ROOT, needs_ptb
 
-GPU_PACK = ROOT / "scripts" / "gpu_ptb.sh"
+GPU_PACK = ROOT / "experiments" / "gpu_ptb.sh"
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_bptt_errors():
 
 @needs_ptb
 def test_the_gpu_pack_runs_end_to_end_on_a_cpu(tmp_path):
-  """``QUICK=1 CONFIGS=medium EPOCHS=1 bash scripts/gpu_ptb.sh``: the medium group (six
+  """``QUICK=1 CONFIGS=medium EPOCHS=1 bash experiments/gpu_ptb.sh``: the medium group (six
   runs, mixed time-locking, one compiled step), 2x32 units, one short epoch; tables and
   summaries kept. (Large on its own is the same code path with one run.)"""
   env = {**os.environ, "QUICK": "1", "CONFIGS": "medium", "EPOCHS": "1"}
@@ -162,7 +162,7 @@ def test_the_gpu_pack_refuses_a_part_the_budget_cannot_hold(tmp_path):
   proc = subprocess.run(["bash", str(GPU_PACK)], env=env, capture_output=True, text=True)
   assert proc.returncode == 3
   assert "not started: large needs about 350 s and" in proc.stderr
-  assert "CONFIGS=large bash scripts/gpu_ptb.sh" in proc.stderr
+  assert "CONFIGS=large bash experiments/gpu_ptb.sh" in proc.stderr
   assert not list((tmp_path / "out").glob("ptb_*"))  # nothing trained
 
 

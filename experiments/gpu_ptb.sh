@@ -24,7 +24,7 @@
 # The goals are 6 minutes for the medium group (not met) and 8 for large. An H100
 # has the same compute and slower memory; expect these or a little more there.
 # Each part is meant to be its own call (a command may run 10 minutes):
-#   CONFIGS=medium bash scripts/gpu_ptb.sh; CONFIGS=large bash scripts/gpu_ptb.sh
+#   CONFIGS=medium bash experiments/gpu_ptb.sh; CONFIGS=large bash experiments/gpu_ptb.sh
 # A part whose estimate exceeds what is left of BUDGET is not started (and the
 # script then exits with status 3).
 #
@@ -40,8 +40,8 @@
 #             4,000 tokens): a check of the pipeline, not a result; the budget is
 #             not applied
 #
-#   PTB_DIR=.ptb bash scripts/gpu_ptb.sh
-#   QUICK=1 JAX_PLATFORMS=cpu bash scripts/gpu_ptb.sh     # the pipeline on a CPU
+#   PTB_DIR=.ptb bash experiments/gpu_ptb.sh
+#   QUICK=1 JAX_PLATFORMS=cpu bash experiments/gpu_ptb.sh     # the pipeline on a CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 START=$SECONDS
@@ -82,7 +82,7 @@ for name in $CONFIGS; do
   left=$((BUDGET - (SECONDS - START)))
   if [[ $QUICK != 1 && -z ${EPOCHS:-} && $est -gt $left ]]; then
     echo "not started: $name needs about ${est} s and ${left} s of BUDGET=$BUDGET are left;" \
-      "run it in its own call: CONFIGS=$name bash scripts/gpu_ptb.sh" | tee -a "$OUT/log.txt" >&2
+      "run it in its own call: CONFIGS=$name bash experiments/gpu_ptb.sh" | tee -a "$OUT/log.txt" >&2
     skipped="$skipped $name"
     continue
   fi
