@@ -5,7 +5,6 @@ The 4-device side runs in a subprocess with
 before JAX starts); this process has one CPU device.
 """
 
-import csv
 import dataclasses
 import json
 import os
@@ -321,38 +320,6 @@ def test_cli_refuses_a_bad_device_count_in_one_line_and_writes_nothing(tmp_path)
   )
   assert proc.returncode == 2 and "cpu_devices must be an int >= 1" in proc.stderr
   assert not workdir.exists()
-
-
-def test_the_overfit_tables_on_four_devices_equal_one_devices(tmp_path):
-  """5 runs on 4 devices: whole runs per device, padded to 8. The accuracies are
-  the same to the last printed digit; losses and parameters to float rounding."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  script = str(ROOT / "experiments" / "overfit.py")
-  grid = ["--dataset", "synthetic", "--seeds", "1", "--rates", "0.5", "--hidden", "8",
-          "--layers", "1", "--epochs", "2", "--eval-every", "1"]  # fmt: skip
-  for devices in ("4", "1"):
-    proc = subprocess.run(
-      [sys.executable, script, *grid, "--cpu-devices", devices, "--out", str(tmp_path / devices)],
-      capture_output=True, text=True, env=env, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-  read = lambda d: list(csv.DictReader((tmp_path / d / "overfit.csv").read_text().splitlines()))
-  four, one = read("4"), read("1")
-  assert len(four) == len(one) == 5
-  for a, b in zip(four, one, strict=True):
-    # Accuracies to the last printed digit; losses to rounding (each device's loop
-    # over its runs is compiled on its own).
-    assert {k: v for k, v in a.items() if "loss" not in k} == {
-      k: v for k, v in b.items() if "loss" not in k
-    }
-    for k in (k for k in a if "loss" in k):
-      np.testing.assert_allclose(float(a[k]), float(b[k]), rtol=1e-4, atol=1e-6)
-  runs = sorted((tmp_path / "4" / "runs").glob("*/seed_0"))
-  assert len(runs) == 5  # the 3 pad runs wrote no folder
-  for run in runs:
-    same = tmp_path / "1" / "runs" / run.relative_to(tmp_path / "4" / "runs")
-    assert_trees_close(restored_params(run), restored_params(same))
 
 
 def test_a_bad_heartbeat_timeout_is_one_line_naming_the_variable(monkeypatch):

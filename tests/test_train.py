@@ -265,7 +265,8 @@ def test_runs_that_differ_in_time_locking_train_together_as_alone(tmp_path):
 def test_runs_that_differ_in_per_gate_masks_train_together_as_alone(tmp_path):
   """A group of a per-gate run and a shared-mask run: the per-gate run equals itself
   trained alone, bit for bit; the other takes the per-gate path with its one mask
-  repeated over the gates, the same function, equal to rounding."""
+  repeated over the gates, the same function, equal to rounding. (That per-gate masks
+  differ by gate: test_dropout.py.)"""
   shared = DropoutConfig(input=0.3, between=0.3, recurrent=0.3, time_locked=True)
   cfgs = [
     dataclasses.replace(TINY, epochs=2, seed=0, dropout=shared.replace(per_gate=True)),
@@ -282,14 +283,6 @@ def test_runs_that_differ_in_per_gate_masks_train_together_as_alone(tmp_path):
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), together[1], alone[1]
   )
-  # Per-gate masks are another model: the two seeds' runs would differ anyway, so
-  # compare the per-gate run with its shared-mask twin.
-  twin = dataclasses.replace(cfgs[0], dropout=shared)
-  train_and_evaluate(twin, tmp_path / "twin")
-  differs = jax.tree.map(
-    lambda a, b: not np.allclose(a, b, atol=1e-4), alone[0], restored_params(tmp_path / "twin")
-  )
-  assert any(jax.tree.leaves(differs))
   assert json.loads((tmp_path / "alone0" / "config.json").read_text())["dropout"]["per_gate"]
 
 
