@@ -65,8 +65,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -77,6 +75,7 @@ import numpy as np
 import tyro
 
 from lstmdrop_jax import report, tables
+from lstmdrop_jax import results as provenance
 from lstmdrop_jax.config import Config
 from lstmdrop_jax.data import ArrayData
 from lstmdrop_jax.dropout import DropoutConfig
@@ -411,37 +410,6 @@ def pairwise_pvalues(scores: np.ndarray, labels: Sequence[str]) -> tuple[np.ndar
   return p, float(check_friedman(ranks))
 
 
-def _commit() -> str | None:
-  root = Path(__file__).resolve().parents[1]
-  try:
-    head = subprocess.run(
-      ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-    )
-    dirty = subprocess.run(
-      ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-      text=True, timeout=10,
-    )  # fmt: skip
-  except (OSError, subprocess.SubprocessError):
-    return None
-  if head.returncode:
-    return None
-  return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
-
-
-def _machine() -> dict[str, Any]:
-  import jax
-
-  return {
-    "platform": platform.platform(),
-    "processor": platform.processor() or platform.machine(),
-    "python": platform.python_version(),
-    "cpu_count": os.cpu_count(),
-    "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-    "jax": jax.__version__,
-    "devices": [str(d) for d in jax.devices()],
-  }
-
-
 def _steps_text(p: Prepared) -> str:
   if p.steps_used == p.steps_original:
     return f"{p.steps_used} / {p.steps_original}"
@@ -697,8 +665,8 @@ def run_benchmark(
   paths = summary.pop("paths")
   summary = {
     "wall_time_s": round(time.perf_counter() - t0, 1),
-    "commit": _commit(),
-    "machine": _machine(),
+    "commit": provenance.commit(),
+    "machine": provenance.machine(),
     "model": {**model, "optimizer": "adam", "learning_rate": 2e-3, "batch_size": 16},
     "settings": {s: list(SETTINGS[s]) for s in ["none", *(s for s in settings if s != "none")]},
     "rates": sorted(rates),

@@ -10,6 +10,7 @@ metrics and every run's summary, without checkpoints.
 * ``OUT/summaries.jsonl.gz``: one line per run, ``{"run": ..., "config": ..., **summary}``.
 
 Both are gzipped with a fixed timestamp, so the same runs give the same bytes.
+``commit()`` and ``machine()`` say where a study's numbers came from.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import csv
 import gzip
 import io
 import json
+import os
+import platform
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +74,45 @@ def export_runs(root: str | Path, out: str | Path) -> dict[str, Path]:
   for path, body in ((paths["epochs"], text.getvalue()), (paths["summaries"], lines)):
     path.write_bytes(gzip.compress(body.encode(), mtime=0))
   return paths
+
+
+#: The checkout this package sits in (when it is one).
+_CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def commit(root: str | Path = _CHECKOUT) -> str | None:
+  """The checkout's short commit hash, with ``+changes`` when tracked files differ from
+  it; None outside a git checkout."""
+  git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)
+  try:
+    head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "-uno")
+  except (OSError, subprocess.SubprocessError):
+    return None
+  if head.returncode:
+    return None
+  return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def machine() -> dict[str, Any]:
+  """The machine and software a study ran on: platform, processor, cores, Python, JAX and
+  its devices."""
+  import jax
+
+  cpu = platform.processor() or platform.machine()
+  try:
+    names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln]
+    cpu = names[0].split(":", 1)[1].strip() if names else cpu
+  except OSError:
+    pass
+  return {
+    "platform": platform.platform(),
+    "processor": cpu,
+    "python": platform.python_version(),
+    "cpu_count": os.cpu_count(),
+    "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    "jax": jax.__version__,
+    "devices": [str(d) for d in jax.devices()],
+  }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
