@@ -226,7 +226,8 @@ class Args:
   """grid, full, seeds, or all (each in turn; finished runs are read back)."""
   data_dir: str = "../shared/data/ptb"
   """Folder with ptb.{train,valid,test}.txt."""
-  out: Path = Path("results/ptb_cpu")
+  out: Path | None = None
+  """Output folder (default results/ptb_cpu, or results/ptb_cpu/quick with --quick)."""
   grid_epochs: int = 6
   """Epochs of each grid run."""
   quick: bool = False
@@ -241,7 +242,7 @@ def run_study(args: Args) -> list[Path]:
     raise ValueError(f"--phase must be grid, full, seeds or all, got {args.phase!r}")
   if args.grid_epochs < 1:
     raise ValueError(f"--grid-epochs must be >= 1, got {args.grid_epochs}")
-  out = Path(args.out) / "quick" if args.quick else Path(args.out)
+  out = args.out or Path("results/ptb_cpu") / ("quick" if args.quick else "")
   if args.phase in ("grid", "all"):
     jobs = grid_jobs(args.data_dir, 1 if args.quick else args.grid_epochs)
     run_phase({f"{n}_s0": c for n, c in jobs.items()}, out, "grid", args.quick)

@@ -1,0 +1,297 @@
+"""Every documented table and figure from one command, at one commit.
+
+Each study in ``STUDIES`` is one command of this repository. ``reproduce.py`` runs the
+CPU studies in turn and publishes each one's small files (its Markdown and CSV tables,
+plots, log, and per-epoch metrics and run summaries from ``lstmdrop_jax.results``, never
+checkpoints) into ``docs/results/<study>/`` with a ``manifest.json``: the command, the
+commit, the machine, the date and the wall time. The pages under ``docs/`` cite those
+folders.
+
+* ``cpu`` studies run by default; their cost is minutes to an hour each on a 2-core CPU.
+* ``long`` studies take days on a CPU: they run only when named (``--only``), and resume
+  where a killed run stopped.
+* ``gpu`` studies are listed with their command and the commit of their last published
+  run; they are never run on a CPU.
+
+A study's runs resume after a kill, and a study already published at the current commit
+is skipped (``--force`` runs it again), so re-running the command finishes what a killed
+one started. A failed study leaves its published folder as it was.
+
+``--quick`` runs every CPU and long study's pipeline at toy sizes (a few minutes in all)
+into ``results/reproduce_quick/``, publishes there, and checks what each wrote. It never
+touches ``docs/results/``.
+
+  python experiments/reproduce.py --list        # the studies, their cost and last commit
+  python experiments/reproduce.py --quick       # every pipeline at toy sizes (CI)
+  python experiments/reproduce.py               # every CPU study, published to docs/results
+  python experiments/reproduce.py --only overfit_GunPoint benchmark
+  python experiments/reproduce.py --only ptb_cpu   # a long study (resumable)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import tyro
+
+from lstmdrop_jax import results, tables
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("cpu", "long", "gpu")
+#: What a study publishes from the top of its output folder (plus ``log.txt``).
+PUBLISHED = ("*.md", "*.csv", "*.png", "*.json")
+#: A published file larger than this is left out (and said so): the repository keeps it small.
+MAX_BYTES = 4_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """One documented study.
+
+  Attributes:
+    name: its folder under ``docs/results/``.
+    page: the page that cites it.
+    kind: ``cpu``, ``long`` or ``gpu`` (see the module's docstring).
+    minutes: the full run's wall time on the machine its page names (its last run).
+    argv: the full command; ``{out}`` is its output folder, ``{ptb}`` the PTB folder.
+    quick: the same pipeline at toy sizes (None for a GPU study).
+    runs: whether its output folder holds run folders (their metrics are published).
+  """
+
+  name: str
+  page: str
+  kind: str
+  minutes: float | None
+  argv: tuple[str, ...]
+  quick: tuple[str, ...] | None = None
+  runs: bool = True
+
+  def command(self, quick: bool = False) -> tuple[str, ...]:
+    return self.quick if quick and self.quick else self.argv
+
+
+_TINY = ("--hidden", "8", "--layers", "1", "--epochs", "2")
+STUDIES = (
+  Study(
+    "overfit_GunPoint", "docs/overfit.md", "cpu", 12.2,
+    ("experiments/overfit.py", "--out", "{out}"),
+    ("experiments/overfit.py", "--out", "{out}", "--seeds", "1", "--rates", "0.5", *_TINY,
+     "--eval-every", "1"),
+  ),
+  Study(
+    "overfit_synthetic", "docs/overfit.md", "cpu", 35.2,
+    ("experiments/overfit.py", "--dataset", "synthetic", "--out", "{out}"),
+    ("experiments/overfit.py", "--dataset", "synthetic", "--out", "{out}", "--seeds", "1",
+     "--rates", "0.5", *_TINY, "--eval-every", "1"),
+  ),
+  Study(
+    "variants", "docs/variants.md", "cpu", 58.0,
+    ("experiments/variants.py", "--out", "{out}"),
+    ("experiments/variants.py", "--out", "{out}", "--datasets", "JapaneseVowels", "--seeds",
+     "2", "--rates", "0.5", "--placements", "input", "recurrent", *_TINY, "--eval-every", "1"),
+  ),
+  Study(
+    "benchmark", "docs/benchmark.md", "cpu", 40.6,
+    ("experiments/benchmark.py", "--out", "{out}"),
+    ("experiments/benchmark.py", "--out", "{out}", "--datasets", "ItalyPowerDemand",
+     "BasicMotions", "synthetic", "--settings", "none", "input", "recurrent", "--rates", "0.5",
+     "--resamples", "2", *_TINY),
+  ),
+  Study(
+    "ptb_small", "docs/ptb.md", "cpu", 62.6,
+    ("experiments/ptb_zaremba.py", "--config", "small", "--data-dir", "{ptb}", "--out", "{out}"),
+    ("experiments/ptb_zaremba.py", "--quick", "--epochs", "1", "--data-dir", "{ptb}", "--out",
+     "{out}"),
+  ),
+  Study(
+    "bench_cpu", "docs/PERFORMANCE.md", "cpu", 10.0,
+    ("scripts/bench.py", "--device", "cpu", "--configs", "seed_clf", "ptb_small", "ptb_cpu",
+     "--impls", "ours", "flax", "torch", "--rounds", "5", "--json", "{out}/bench_cpu.json"),
+    ("scripts/bench.py", "--device", "cpu", "--configs", "seed_clf", "--impls", "ours",
+     "--warmup", "0", "--steps", "1", "--repeats", "1", "--json", "{out}/bench_cpu.json"),
+    runs=False,
+  ),
+  Study(
+    "ptb_cpu", "docs/ptb.md", "long", None,
+    ("experiments/ptb_cpu.py", "--data-dir", "{ptb}", "--out", "{out}"),
+    ("experiments/ptb_cpu.py", "--quick", "--data-dir", "{ptb}", "--out", "{out}"),
+  ),
+  Study(
+    "ptb_h200", "docs/ptb.md", "gpu", 12.9,
+    ("bash", "experiments/gpu_ptb.sh"),
+  ),
+  Study(
+    "gpu_bench", "docs/PERFORMANCE.md", "gpu", 6.0,
+    ("bash", "scripts/gpu_bench.sh"), runs=False,
+  ),
+)  # fmt: skip
+BY_NAME = {s.name: s for s in STUDIES}
+
+
+@dataclasses.dataclass
+class Args:
+  only: tuple[str, ...] = ()
+  """Studies to run, by name (default: every cpu study; long studies run only when named)."""
+  quick: bool = False
+  """Every cpu and long study's pipeline at toy sizes, published under --out, not docs/."""
+  list: bool = False
+  """Print the studies, their cost, command and last published commit, and stop."""
+  force: bool = False
+  """Run a study even if it is already published at the current commit."""
+  ptb_dir: Path = Path("../shared/data/ptb")
+  """Folder with ptb.{train,valid,test}.txt, for the PTB studies."""
+  out: Path | None = None
+  """Where the studies write (default results/reproduce, or results/reproduce_quick)."""
+  docs: Path = ROOT / "docs" / "results"
+  """Where full runs publish (each study in its own folder)."""
+
+
+def selected(args: Args) -> list[Study]:
+  """The studies this invocation runs, in ``STUDIES``' order."""
+  unknown = sorted(set(args.only) - set(BY_NAME))
+  if unknown:
+    raise ValueError(f"--only: no study {', '.join(unknown)}; the studies: {', '.join(BY_NAME)}")
+  if args.only:
+    gpu = [n for n in args.only if BY_NAME[n].kind == "gpu"]
+    if gpu:
+      raise ValueError(f"--only: {', '.join(gpu)} needs a GPU: run its command there (--list)")
+    return [s for s in STUDIES if s.name in args.only]
+  kinds = ("cpu", "long") if args.quick else ("cpu",)
+  return [s for s in STUDIES if s.kind in kinds]
+
+
+def manifest(folder: Path) -> dict | None:
+  """A published study's ``manifest.json``, or None."""
+  try:
+    return json.loads((folder / "manifest.json").read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def listing(docs: Path) -> str:
+  """The ``--list`` table."""
+  rows = []
+  for s in STUDIES:
+    m = manifest(docs / s.name) or {}
+    minutes = m.get("wall_minutes", s.minutes)
+    cost = "days" if s.kind == "long" and minutes is None else f"{minutes:g} min"
+    rows.append([s.name, s.kind, cost, m.get("commit", "not published"), s.page,
+                 " ".join(s.argv)])  # fmt: skip
+  header = ["study", "kind", "wall time (last run)", "commit", "page", "command"]
+  return tables.markdown(header, rows)
+
+
+def publish(study: Study, out: Path, dest: Path, record: dict) -> Path:
+  """Copies ``study``'s small files from ``out`` to ``dest/<name>/``, replacing the folder
+  whole: a new folder is written beside it and then renamed, so a failure leaves the old."""
+  target = dest / study.name
+  staging = dest / f".{study.name}.new"
+  shutil.rmtree(staging, ignore_errors=True)
+  staging.mkdir(parents=True)
+  left_out = []
+  for path in sorted({p for pattern in (*PUBLISHED, "log.txt") for p in out.glob(pattern)}):
+    if path.stat().st_size > MAX_BYTES:
+      left_out.append(path.name)
+      continue
+    shutil.copy2(path, staging / path.name)
+  if study.runs:
+    results.export_runs(out, staging)
+  files = sorted(p.name for p in staging.iterdir())
+  record = dict(record, files=files, left_out=left_out)
+  (staging / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")
+  old = dest / f".{study.name}.old"
+  shutil.rmtree(old, ignore_errors=True)
+  if target.exists():
+    target.rename(old)
+  staging.rename(target)
+  shutil.rmtree(old, ignore_errors=True)
+  return target
+
+
+def run_study(study: Study, args: Args, out: Path, dest: Path, commit: str | None) -> bool:
+  """Runs one study and publishes it; False (said in one line) if its command failed."""
+  fill = {"out": str(out), "ptb": str(args.ptb_dir)}
+  argv = [a.format(**fill) for a in study.command(args.quick)]
+  cmd = [sys.executable, *argv] if argv[0].endswith(".py") else argv
+  out.mkdir(parents=True, exist_ok=True)
+  print(f"{study.name}: {' '.join(argv)}", flush=True)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+  t0 = time.perf_counter()
+  with open(out / "log.txt", "w") as log:
+    code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+  minutes = (time.perf_counter() - t0) / 60
+  if code != 0:
+    print(f"error: {study.name} failed (exit {code}) after {minutes:.1f} min; its log: "
+          f"{out / 'log.txt'}; {dest / study.name} is unchanged", file=sys.stderr)  # fmt: skip
+    return False
+  record = {
+    "study": study.name, "page": study.page, "command": " ".join(study.command(args.quick)),
+    "quick": args.quick, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC",
+    time.gmtime()), "wall_minutes": round(minutes, 1), "machine": results.machine(),
+  }  # fmt: skip
+  lacking = missing_files(study, out)
+  if lacking:
+    print(f"error: {study.name} wrote no {' or '.join(lacking)} in {out}; "
+          f"{dest / study.name} is unchanged", file=sys.stderr)  # fmt: skip
+    return False
+  target = publish(study, out, dest, record)
+  print(f"{study.name}: {minutes:.1f} min; published {target}", flush=True)
+  return True
+
+
+def missing_files(study: Study, out: Path) -> list[str]:
+  """What a study's output folder lacks: a table (Markdown or JSON) at its top, and run
+  folders when the study has them."""
+  lacking = [] if any(out.glob("*.md")) or any(out.glob("*.json")) else ["table"]
+  return lacking + (["run folder"] if study.runs and not results.run_folders(out) else [])
+
+
+def check_inputs(studies: Sequence[Study], args: Args) -> None:
+  """Everything the studies need, before any of them starts."""
+  needs_ptb = [s.name for s in studies if "{ptb}" in " ".join(s.command(args.quick))]
+  names = [f"ptb.{part}.txt" for part in ("train", "valid", "test")]
+  missing = [n for n in names if not (args.ptb_dir / n).is_file()]
+  if needs_ptb and missing:
+    raise ValueError(
+      f"--ptb-dir {args.ptb_dir}: no {', '.join(missing)} (needed by {', '.join(needs_ptb)}); "
+      "point --ptb-dir at Mikolov's PTB files or leave those studies out with --only"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
+  out = args.out or Path("results") / ("reproduce_quick" if args.quick else "reproduce")
+  dest = out / "published" if args.quick else args.docs
+  if args.list:
+    print(listing(args.docs), end="")
+    return
+  try:
+    studies = selected(args)
+    check_inputs(studies, args)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
+  commit = results.commit()
+  failed = []
+  for study in studies:
+    done = manifest(dest / study.name)
+    if not args.quick and not args.force and done and done.get("commit") == commit:
+      print(f"{study.name}: already published at {commit} (--force runs it again)")
+      continue
+    if args.quick:
+      shutil.rmtree(out / study.name, ignore_errors=True)  # toy runs start afresh
+    if not run_study(study, args, out / study.name, dest, commit):
+      failed.append(study.name)
+  if failed:
+    raise SystemExit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+  main()

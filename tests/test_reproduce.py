@@ -1,0 +1,134 @@
+"""experiments/reproduce.py: which studies run, what a run publishes, and that a failed or
+repeated run leaves the published files as they were."""
+
+import json
+
+import pytest
+
+from tests.helpers import load_script
+
+rp = load_script("experiments/reproduce.py", "reproduce")
+
+#: A study's command: writes a table, a run folder and a large file; exits 3 with FAIL set.
+SCRIPT = """
+import json, os, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+if os.environ.get("FAIL"):
+  sys.exit(3)
+(out / "study.md").write_text("| a |\\n| --- |\\n| 1 |\\n")
+(out / "big.csv").write_text("x" * 5000)
+run = out / "runs" / "r0"
+run.mkdir(parents=True, exist_ok=True)
+(run / "config.json").write_text(json.dumps({"seed": 0}))
+(run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train/loss": 0.5}) + "\\n")
+(run / "summary.json").write_text(json.dumps({"epochs": 1}))
+print("trained")
+"""
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+  """One cpu study (the script above), one long and one gpu study; docs in tmp_path."""
+  script = tmp_path / "study.py"
+  script.write_text(SCRIPT)
+  studies = (
+    rp.Study("toy", "docs/toy.md", "cpu", 1.0, (str(script), "{out}")),
+    rp.Study("slow", "docs/toy.md", "long", None, (str(script), "{out}")),
+    rp.Study("card", "docs/toy.md", "gpu", 5.0, ("bash", "gpu.sh"), runs=False),
+  )
+  monkeypatch.setattr(rp, "STUDIES", studies)
+  monkeypatch.setattr(rp, "BY_NAME", {s.name: s for s in studies})
+  monkeypatch.setattr(rp, "MAX_BYTES", 1000)
+  monkeypatch.setattr(rp.results, "commit", lambda: "abc1234")
+  docs = tmp_path / "docs"
+  return lambda *argv: rp.main(["--out", str(tmp_path / "work"), "--docs", str(docs), *argv]), docs
+
+
+def test_a_full_run_publishes_tables_metrics_and_a_manifest(toy, capsys):
+  run, docs = toy
+  run()
+  folder = docs / "toy"
+  assert sorted(p.name for p in folder.iterdir()) == [
+    "epochs.csv.gz", "log.txt", "manifest.json", "study.md", "summaries.jsonl.gz",
+  ]  # fmt: skip
+  m = json.loads((folder / "manifest.json").read_text())
+  assert m["commit"] == "abc1234" and m["study"] == "toy" and not m["quick"]
+  assert m["left_out"] == ["big.csv"] and "trained" in (folder / "log.txt").read_text()
+  assert m["machine"]["cpu_count"] >= 1 and m["wall_minutes"] >= 0
+  assert not (docs / "slow").exists()  # a long study runs only when named
+  assert "toy: already published at abc1234" not in capsys.readouterr().out
+  run()  # the same commit: nothing to do
+  assert "toy: already published at abc1234" in capsys.readouterr().out
+
+
+def test_a_failed_study_leaves_the_published_folder_as_it_was(toy, monkeypatch, capsys):
+  run, docs = toy
+  run()
+  before = {p.name: p.read_bytes() for p in (docs / "toy").iterdir()}
+  monkeypatch.setenv("FAIL", "1")
+  with pytest.raises(SystemExit, match="failed: toy"):
+    run("--force")
+  assert "error: toy failed (exit 3)" in capsys.readouterr().err
+  assert {p.name: p.read_bytes() for p in (docs / "toy").iterdir()} == before
+  assert [p.name for p in docs.iterdir()] == ["toy"]  # no staging folder left behind
+
+
+def test_quick_publishes_under_its_output_folder_and_never_in_docs(toy, tmp_path):
+  run, docs = toy
+  run("--quick")
+  assert not docs.exists()
+  published = tmp_path / "work" / "published"
+  assert sorted(p.name for p in published.iterdir()) == ["slow", "toy"]  # cpu and long
+  assert json.loads((published / "toy" / "manifest.json").read_text())["quick"]
+
+
+def test_a_study_that_writes_no_table_fails(toy, tmp_path, monkeypatch):
+  run, _ = toy
+  empty = tmp_path / "empty.py"
+  empty.write_text("print('nothing')")
+  study = rp.Study("toy", "docs/toy.md", "cpu", 1.0, (str(empty), "{out}"))
+  monkeypatch.setattr(rp, "STUDIES", (study,))
+  monkeypatch.setattr(rp, "BY_NAME", {"toy": study})
+  with pytest.raises(SystemExit, match="failed: toy"):
+    run()
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["--only", "nope"], "--only: no study nope; the studies: toy, slow, card"),
+    (["--only", "card"], "--only: card needs a GPU: run its command there (--list)"),
+  ],
+)
+def test_bad_study_names_are_one_line(toy, argv, message):
+  run, _ = toy
+  with pytest.raises(
+    SystemExit, match="^error: " + message.replace("(", r"\(").replace(")", r"\)")
+  ):
+    run(*argv)
+
+
+def test_a_missing_ptb_folder_is_refused_before_anything_runs(tmp_path):
+  args = rp.Args(ptb_dir=tmp_path / "none", only=("ptb_small", "overfit_GunPoint"))
+  with pytest.raises(ValueError, match=r"no ptb.train.txt, .* \(needed by ptb_small\)"):
+    rp.check_inputs(rp.selected(args), args)
+
+
+def test_the_list_names_every_study_with_its_cost_and_last_commit(toy, capsys):
+  run, _ = toy
+  run()
+  capsys.readouterr()
+  run("--list")
+  rows = [r.split(" | ") for r in capsys.readouterr().out.splitlines()[2:]]
+  assert [r[0].strip("| ") for r in rows] == ["toy", "slow", "card"]
+  assert rows[0][3] == "abc1234" and rows[1][2] == "days" and rows[2][3] == "not published"
+
+
+def test_every_real_study_names_an_existing_page_and_command():
+  root = rp.ROOT
+  for s in rp.STUDIES:
+    assert (root / s.page).is_file(), s.page
+    script = next(a for a in s.argv if a.endswith((".py", ".sh")))
+    assert (root / script).is_file(), script
+    assert (s.quick is None) == (s.kind == "gpu"), s.name
