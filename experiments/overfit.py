@@ -18,25 +18,7 @@ Command (the main job; GunPoint is the default dataset)::
 Outputs go to ``results/overfit_<dataset>/`` (``runs/`` holds the run
 folders; re-running resumes and skips finished runs).
 
-Runtime on a 2-core CPU (JAX 0.10.2, all 85 runs of the default grid:
-(no dropout + 4 placements x 4 rates) x 5 seeds), one JAX device with
-the whole grid vmapped (earlier code, ``LSTMDROP_CPU_DEVICES=1``; now also
-``--runs-at-once 85``): GunPoint 27.6 min (31.4 min when repeated
-from a fresh clone, same tables), synthetic 38.3 min (37.4 repeated, same
-tables); ``--quick`` (18 runs) 1.4 min. The default, one device per core,
-each looping over its runs one at a time: GunPoint 12.8 min (commit
-215b3b7; one device, looping too: 18.6 min), with tables that differ in
-rounding grown by training (docs/PERFORMANCE.md).
-
-Result (mean over 5 seeds; full tables in docs/overfit.md, reading in
-README.md): without dropout the 2x64 LSTM reaches train accuracy 1.000 on
-both sets, final validation 0.933 on GunPoint (gap 0.067, test 0.940) and
-0.773 on synthetic (gap 0.227, test 0.844). No placement or rate closes the
-gap while keeping the fit: on synthetic every setting still memorises
-(train >= 0.99, gap 0.20-0.27), but all three placements at 0.3 lift test
-accuracy at the best-validation checkpoint to 0.924; output dropout alone
-matches no dropout; on univariate GunPoint input dropout >= 0.2 under-fits
-(input 0.5: train 0.55, test 0.52).
+Wall times and results: ``python experiments/reproduce.py --list`` and docs/overfit.md.
 """
 
 from __future__ import annotations
