@@ -127,15 +127,3 @@ def reference_run(tmp_path_factory):
 def pytest_sessionfinish(session, exitstatus):
   if not _WORKER:  # the controller's session ends after its workers'
     shutil.rmtree(_CACHE, ignore_errors=True)
-
-
-def pytest_collection_modifyitems(config, items):
-  """The tests that share a module-scoped fixture run on one worker, so that it is built
-  once (pytest-xdist's ``--dist loadgroup``); every other test goes to whichever worker
-  is free, which keeps the two workers busy to the end."""
-  for item in items:
-    info = getattr(item, "_fixtureinfo", None)
-    defs = info.name2fixturedefs if info else {}
-    shared = [name for name, d in defs.items() if d and d[-1].scope == "module"]
-    if shared:
-      item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{min(shared)}"))
