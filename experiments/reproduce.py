@@ -45,7 +45,6 @@ import tyro
 from lstmdrop_jax import results, tables
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("cpu", "long", "gpu")
 #: What a study publishes from the top of its output folder (plus ``log.txt``).
 PUBLISHED = ("*.md", "*.csv", "*.png", "*.json")
 #: A published file larger than this is left out (and said so): the repository keeps it small.
