@@ -17,6 +17,13 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 # One CPU device, in this process and in the command lines the tests start (whose
 # default is one per core); the tests of that default set their own.
 os.environ["LSTMDROP_CPU_DEVICES"] = "1"
+#: The cores this session may use. Each pytest-xdist worker, and every process it
+#: starts, runs on one of them: the workers are the parallelism, and XLA's own
+#: threads would only contend with the other workers' (a fifth more CPU time).
+ALL_CORES = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else None
+if _WORKER and ALL_CORES:
+  _n = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))
+  os.sched_setaffinity(0, {sorted(ALL_CORES)[_n % len(ALL_CORES)]})
 
 import json
 from pathlib import Path
@@ -127,3 +134,26 @@ def reference_run(tmp_path_factory):
 def pytest_sessionfinish(session, exitstatus):
   if not _WORKER:  # the controller's session ends after its workers'
     shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+#: The test files that take longest, slowest first. pytest-xdist hands whole files to
+#: its workers (``--dist loadfile``) in collection order (``--no-loadscope-reorder``
+#: keeps this one rather than ordering files by their number of tests), so the long
+#: files start first and the short ones fill in: the workers finish together.
+SLOWEST_FIRST = (
+  "test_train.py",
+  "test_parallel.py",
+  "test_workflow.py",
+  "test_variants.py",
+  "test_groups.py",
+  "test_multiprocess.py",
+  "test_benchmark.py",
+  "test_steps.py",
+  "test_fused.py",
+  "test_models.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  first = {name: k for k, name in enumerate(SLOWEST_FIRST)}
+  items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: a file's order

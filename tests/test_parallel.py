@@ -21,7 +21,7 @@ import pytest
 from lstmdrop_jax.dropout import DropoutConfig
 from lstmdrop_jax.run_folder import read_jsonl
 from lstmdrop_jax.train import Config, train_and_evaluate, train_runs
-from tests.conftest import SMALL_RUN
+from tests.conftest import ALL_CORES, SMALL_RUN
 from tests.helpers import ROOT, assert_trees_close, restored_params, write_corpus
 
 BASE = dataclasses.replace(
@@ -70,7 +70,7 @@ plans = {
 }
 print("PLANS " + json.dumps({k: [mode, mesh.size] for k, (mode, mesh) in plans.items()}))
 # A single run the CLI's way: 'auto' splits a batch of 6 over the 3 devices that divide it.
-train_and_evaluate(dataclasses.replace(base, batch_size=6), f"{root}/auto6", progress=False)
+train_and_evaluate(dataclasses.replace(seeds[1], batch_size=6), f"{root}/auto6", progress=False)
 print("ERRORS " + json.dumps(errors))
 """
 
@@ -140,7 +140,7 @@ def test_an_indivisible_batch_gets_a_clear_error(four_devices):
 
 def test_runs_sharded_and_padded_over_devices_equal_the_group_on_one_device(four_devices, tmp_path):
   """3 runs on 4 devices, one run per device and a pad run, against the same group
-  on one device (which equals each run alone: test_train.py)."""
+  on one device (which equals each run alone: test_groups.py)."""
   root, *_ = four_devices
   assert sorted(p.name for p in (root / "runs3").iterdir()) == ["0", "1", "2"]
   one = [tmp_path / str(k) for k in range(3)]
@@ -166,7 +166,7 @@ def test_auto_gives_cores_whole_runs_or_splits_a_classifiers_batch(four_devices,
     "lm 2x16": ["data", 1],  # a language model's batch is not split on a CPU
     "lm 1x6": ["data", 1],
   }
-  alone = dataclasses.replace(BASE, batch_size=6)
+  alone = dataclasses.replace(SEEDS[1], batch_size=6)
   train_and_evaluate(alone, tmp_path / "one", progress=False)
   assert_trees_close(restored_params(root / "auto6"), restored_params(tmp_path / "one"))
 
@@ -287,9 +287,12 @@ def _probe(env_value):
   env.pop("LSTMDROP_CPU_DEVICES")
   if env_value is not None:
     env["LSTMDROP_CPU_DEVICES"] = env_value
+  # On every core of the session, not the one core of this test's worker.
+  cores = (lambda: os.sched_setaffinity(0, ALL_CORES)) if ALL_CORES else None
   proc = subprocess.run(
-    [sys.executable, "-c", _DEFAULT_PROBE], capture_output=True, text=True, env=env, cwd=ROOT
-  )
+    [sys.executable, "-c", _DEFAULT_PROBE],
+    capture_output=True, text=True, env=env, cwd=ROOT, preexec_fn=cores,
+  )  # fmt: skip
   return proc, (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None)
 
 
