@@ -13,9 +13,10 @@ folders.
 * ``gpu`` studies are listed with their command and the commit of their last published
   run; they are never run on a CPU.
 
-A study's runs resume after a kill, and a study already published at the current commit
-is skipped (``--force`` runs it again), so re-running the command finishes what a killed
-one started. A failed study leaves its published folder as it was.
+A study's runs resume after a kill, and a study is skipped when it is current: published
+at a commit whose code (``CODE``) equals the checkout's, so commits that touch only the
+documents or the tests keep it (``--force`` runs it again). Re-running the command
+finishes what a killed one started. A failed study leaves its published folder as it was.
 
 ``--quick`` runs every CPU and long study's pipeline at toy sizes (a few minutes in all)
 into ``results/reproduce_quick/``, publishes there, and checks what each wrote. It never
@@ -49,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ("*.md", "*.csv", "*.png", "*.json")
 #: A published file larger than this is left out (and said so): the repository keeps it small.
 MAX_BYTES = 4_000_000
+#: What a study's results depend on (paths of the repository).
+CODE = ("lstmdrop_jax", "experiments", "scripts", "pyproject.toml")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +178,17 @@ def manifest(folder: Path) -> dict | None:
     return None
 
 
+def current(published: str | None, root: Path = ROOT) -> bool:
+  """Whether a study published at commit ``published`` ran the code checked out in ``root``:
+  no file of ``CODE`` differs between that commit and the working tree."""
+  if not published or published.endswith("+changes"):
+    return False  # not a commit, or one with uncommitted changes
+  if published == results.commit(root):
+    return True
+  git = ["git", "diff", "--quiet", published, "--", *CODE]
+  return subprocess.run(git, cwd=root, capture_output=True).returncode == 0
+
+
 def listing(docs: Path) -> str:
   """The ``--list`` table."""
   rows = []
@@ -281,8 +295,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   failed = []
   for study in studies:
     done = manifest(dest / study.name)
-    if not args.quick and not args.force and done and done.get("commit") == commit:
-      print(f"{study.name}: already published at {commit} (--force runs it again)")
+    if not args.quick and not args.force and done and current(done.get("commit")):
+      print(f"{study.name}: already published at {done['commit']}, whose code is the "
+            "checkout's (--force runs it again)")  # fmt: skip
       continue
     if args.quick:
       shutil.rmtree(out / study.name, ignore_errors=True)  # toy runs start afresh

@@ -2,6 +2,7 @@
 repeated run leaves the published files as they were."""
 
 import json
+import subprocess
 
 import pytest
 
@@ -40,7 +41,7 @@ def toy(tmp_path, monkeypatch):
   monkeypatch.setattr(rp, "STUDIES", studies)
   monkeypatch.setattr(rp, "BY_NAME", {s.name: s for s in studies})
   monkeypatch.setattr(rp, "MAX_BYTES", 1000)
-  monkeypatch.setattr(rp.results, "commit", lambda: "abc1234")
+  monkeypatch.setattr(rp.results, "commit", lambda *_: "abc1234")
   docs = tmp_path / "docs"
   return lambda *argv: rp.main(["--out", str(tmp_path / "work"), "--docs", str(docs), *argv]), docs
 
@@ -60,6 +61,26 @@ def test_a_full_run_publishes_tables_metrics_and_a_manifest(toy, capsys):
   assert "toy: already published at abc1234" not in capsys.readouterr().out
   run()  # the same commit: nothing to do
   assert "toy: already published at abc1234" in capsys.readouterr().out
+
+
+def test_a_study_stays_current_while_only_documents_and_tests_change(tmp_path):
+  git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+  head = lambda: git("rev-parse", "--short", "HEAD").stdout.decode().strip()
+  for path in ("lstmdrop_jax/m.py", "docs/page.md", "tests/test_m.py"):
+    (tmp_path / path).parent.mkdir(exist_ok=True)
+    (tmp_path / path).write_text("1\n")
+  git("init", "-q")
+  git("add", ".")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a")
+  published = head()
+  assert rp.current(published, tmp_path)
+  for path in ("docs/page.md", "tests/test_m.py"):
+    (tmp_path / path).write_text("2\n")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "b")
+  assert head() != published and rp.current(published, tmp_path)
+  (tmp_path / "lstmdrop_jax/m.py").write_text("2\n")  # uncommitted code counts
+  assert not rp.current(published, tmp_path)
+  assert not rp.current(f"{published}+changes", tmp_path) and not rp.current(None, tmp_path)
 
 
 def test_a_failed_study_leaves_the_published_folder_as_it_was(toy, monkeypatch, capsys):
