@@ -177,11 +177,11 @@ def test_a_killed_process_makes_the_other_exit_with_a_clear_error(tmp_path, vict
       break
     time.sleep(0.05)
   assert all(p.poll() is None for p in procs), "a process ended before the kill"
-  t0 = time.time()
   os.killpg(procs[victim].pid, signal.SIGKILL)
+  # The survivor must exit within 120 s (_finish fails the test if it hangs), with an error.
   ((code, _, stderr),) = _finish([procs[1 - victim]], timeout=120)
   procs[victim].wait()
-  assert code != 0 and time.time() - t0 < 120
+  assert code != 0
   if victim == 1:  # the survivor is the coordinator: our one line, exit status 3
     assert code == 3, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
