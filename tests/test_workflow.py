@@ -172,7 +172,7 @@ def test_a_folder_that_never_trained_takes_a_new_config(tmp_path, capsys, monkey
     train_and_evaluate(dataclasses.replace(cfg, hidden=7), tmp_path / "run", progress=False)
 
 
-def test_monte_carlo_dropout_needs_dropout(own_run, tmp_path):
+def test_monte_carlo_dropout_needs_dropout(tmp_path):
   x, y, _ = _arrays(n=24, T=12)
   workdir = tmp_path / "plain"
   train_and_evaluate(dataclasses.replace(FAST, dataset="plain", epochs=1), workdir,
