@@ -1,0 +1,86 @@
+"""The documents' tables against the files they come from.
+
+A table in README.md or docs/ that follows a line ``<!-- from results/STUDY/FILE -->`` (a
+path under docs/) shows numbers of that published file: each number in its body, rounded
+as the page prints it, is one of the file's numbers. Ratios (``1.21x`` and the like) are
+derived, and not checked. A regenerated file whose numbers moved, or a page edited by
+hand, fails here.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+MARK = re.compile(r"^<!-- from (\S+) -->$")
+TIMES = "\u00d7"
+#: A number as pages and files write it; a ratio (followed by the times sign or x) is left out.
+NUMBER = re.compile(rf"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w.]|{TIMES}|x\b)")
+
+
+def marked_tables(text: str) -> list[tuple[str, list[str]]]:
+  """Each marker's source path and the body rows of the table that follows it."""
+  lines, out = text.splitlines(), []
+  for k, line in enumerate(lines):
+    m = MARK.match(line.strip())
+    if not m:
+      continue
+    rest = [ln for ln in lines[k + 1 :]]
+    while rest and not rest[0].strip():
+      rest.pop(0)
+    table = []
+    for ln in rest:
+      if not ln.startswith("|"):
+        break
+      table.append(ln)
+    out.append((m.group(1), table[2:]))  # after the header and its rule
+  return out
+
+
+def numbers(text: str) -> list[tuple[float, int]]:
+  """Every number in ``text`` with its count of decimals."""
+  found = []
+  for token in NUMBER.findall(text):
+    digits = token.replace(",", "")
+    found.append((float(digits), len(digits.partition(".")[2])))
+  return found
+
+
+def unmatched(rows: list[str], source: str) -> list[str]:
+  """The numbers of ``rows`` that no number of ``source`` rounds to."""
+  have = [value for value, _ in numbers(source)]
+  missing = []
+  for value, decimals in numbers("\n".join(rows)):
+    if not any(abs(round(v, decimals) - value) < 1e-9 for v in have):
+      missing.append(f"{value:.{decimals}f}")
+  return missing
+
+
+CASES = [
+  pytest.param(page, path, rows, id=f"{page.name}:{path}")
+  for page in PAGES
+  for path, rows in marked_tables(page.read_text())
+]
+
+
+def test_the_pages_mark_their_published_tables():
+  marked = {page.name for page, *_ in (c.values for c in CASES)}
+  assert {"benchmark.md", "PERFORMANCE.md", "ptb.md"} <= marked
+
+
+@pytest.mark.parametrize(("page", "path", "rows"), CASES)
+def test_a_marked_table_shows_its_files_numbers(page, path, rows):
+  source = DOCS / path
+  assert source.is_file(), f"{page.name}: {path} is not a file under docs/"
+  assert rows, f"{page.name}: no table follows the marker for {path}"
+  assert unmatched(rows, source.read_text()) == [], f"{page.name}: {path}"
+
+
+def test_a_number_the_file_lacks_is_caught():
+  rows = [f"| seed_clf | 44.3 ms (rounds 36.0\u201353.1) | 1.41{TIMES} |"]
+  source = '{"ms": 44.271, "ms_rounds": [44.3, 36.01, 53.1]}'
+  assert unmatched(rows, source) == []
+  assert unmatched([f"| seed_clf | 44.5 ms | 1.41{TIMES} |"], source) == ["44.5"]
