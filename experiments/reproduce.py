@@ -48,10 +48,12 @@ from lstmdrop_jax import results, tables
 ROOT = Path(__file__).resolve().parents[1]
 #: What a study publishes from the top of its output folder (plus ``log.txt``).
 PUBLISHED = ("*.md", "*.csv", "*.png", "*.json")
-#: A published file larger than this is left out (and said so): the repository keeps it small.
-MAX_BYTES = 4_000_000
-#: What a study's results depend on (paths of the repository).
-CODE = ("lstmdrop_jax", "experiments", "scripts", "pyproject.toml")
+#: A study's own file larger than this is left out (and said so): the repository keeps them
+#: small. (The per-epoch metrics and run summaries are always published.)
+MAX_BYTES = 1_000_000
+#: What a study's results depend on (git pathspecs): this file only chooses what is published.
+CODE = ("lstmdrop_jax", "experiments", "scripts", "pyproject.toml",
+        ":(exclude)experiments/reproduce.py")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,10 +63,11 @@ def test_a_full_run_publishes_tables_metrics_and_a_manifest(toy, capsys):
   assert "toy: already published at abc1234" in capsys.readouterr().out
 
 
-def test_a_study_stays_current_while_only_documents_and_tests_change(tmp_path):
+def test_a_study_stays_current_while_what_its_results_do_not_depend_on_changes(tmp_path):
   git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
   head = lambda: git("rev-parse", "--short", "HEAD").stdout.decode().strip()
-  for path in ("lstmdrop_jax/m.py", "docs/page.md", "tests/test_m.py"):
+  paths = ("lstmdrop_jax/m.py", "docs/page.md", "tests/test_m.py", "experiments/reproduce.py")
+  for path in paths:
     (tmp_path / path).parent.mkdir(exist_ok=True)
     (tmp_path / path).write_text("1\n")
   git("init", "-q")
@@ -74,7 +75,7 @@ def test_a_study_stays_current_while_only_documents_and_tests_change(tmp_path):
   git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a")
   published = head()
   assert rp.current(published, tmp_path)
-  for path in ("docs/page.md", "tests/test_m.py"):
+  for path in paths[1:]:  # what the results do not depend on
     (tmp_path / path).write_text("2\n")
   git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "b")
   assert head() != published and rp.current(published, tmp_path)
