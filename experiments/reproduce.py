@@ -85,13 +85,13 @@ class Study:
 _TINY = ("--hidden", "8", "--layers", "1", "--epochs", "2")
 STUDIES = (
   Study(
-    "overfit_GunPoint", "docs/overfit.md", "cpu", 12.2,
+    "overfit_GunPoint", "docs/overfit.md", "cpu", 10.3,
     ("experiments/overfit.py", "--out", "{out}"),
     ("experiments/overfit.py", "--out", "{out}", "--seeds", "1", "--rates", "0.5", *_TINY,
      "--eval-every", "1"),
   ),
   Study(
-    "overfit_synthetic", "docs/overfit.md", "cpu", 35.2,
+    "overfit_synthetic", "docs/overfit.md", "cpu", 14.7,
     ("experiments/overfit.py", "--dataset", "synthetic", "--out", "{out}"),
     ("experiments/overfit.py", "--dataset", "synthetic", "--out", "{out}", "--seeds", "1",
      "--rates", "0.5", *_TINY, "--eval-every", "1"),
