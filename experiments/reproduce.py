@@ -198,6 +198,7 @@ def listing(docs: Path) -> str:
     m = manifest(docs / s.name) or {}
     minutes = m.get("wall_minutes", s.minutes)
     cost = "days" if s.kind == "long" and minutes is None else f"{minutes:g} min"
+    cost += " (resumed: the last invocation's)" if m.get("resumed") else ""
     rows.append([s.name, s.kind, cost, m.get("commit", "not published"), s.page,
                  " ".join(s.argv)])  # fmt: skip
   header = ["study", "kind", "wall time (last run)", "commit", "page", "command"]
@@ -237,7 +238,9 @@ def run_study(study: Study, args: Args, out: Path, dest: Path, commit: str | Non
   argv = [a.format(**fill) for a in study.command(args.quick)]
   cmd = [sys.executable, *argv] if argv[0].endswith(".py") else argv
   out.mkdir(parents=True, exist_ok=True)
-  print(f"{study.name}: {' '.join(argv)}", flush=True)
+  # Runs left by a killed invocation resume: the wall time is then this invocation's alone.
+  resumed = not args.quick and bool(results.run_folders(out))
+  print(f"{study.name}: {' '.join(argv)}" + (" (resuming)" if resumed else ""), flush=True)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
   t0 = time.perf_counter()
   with open(out / "log.txt", "w") as log:
@@ -250,7 +253,8 @@ def run_study(study: Study, args: Args, out: Path, dest: Path, commit: str | Non
   record = {
     "study": study.name, "page": study.page, "command": " ".join(study.command(args.quick)),
     "quick": args.quick, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC",
-    time.gmtime()), "wall_minutes": round(minutes, 1), "machine": results.machine(),
+    time.gmtime()), "wall_minutes": round(minutes, 1), "resumed": resumed,
+    "machine": results.machine(),
   }  # fmt: skip
   lacking = missing_files(study, out)
   if lacking:

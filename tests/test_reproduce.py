@@ -55,12 +55,16 @@ def test_a_full_run_publishes_tables_metrics_and_a_manifest(toy, capsys):
   ]  # fmt: skip
   m = json.loads((folder / "manifest.json").read_text())
   assert m["commit"] == "abc1234" and m["study"] == "toy" and not m["quick"]
+  assert m["resumed"] is False
   assert m["left_out"] == ["big.csv"] and "trained" in (folder / "log.txt").read_text()
   assert m["machine"]["cpu_count"] >= 1 and m["wall_minutes"] >= 0
   assert not (docs / "slow").exists()  # a long study runs only when named
   assert "toy: already published at abc1234" not in capsys.readouterr().out
   run()  # the same commit: nothing to do
   assert "toy: already published at abc1234" in capsys.readouterr().out
+  run("--force")  # its run folders are there: the runs resume, the wall time is partial
+  assert "(resuming)" in capsys.readouterr().out
+  assert json.loads((folder / "manifest.json").read_text())["resumed"] is True
 
 
 def test_a_study_stays_current_while_what_its_results_do_not_depend_on_changes(tmp_path):
