@@ -97,7 +97,7 @@ STUDIES = (
      "--rates", "0.5", *_TINY, "--eval-every", "1"),
   ),
   Study(
-    "variants", "docs/variants.md", "cpu", 58.0,
+    "variants", "docs/variants.md", "cpu", 17.4,
     ("experiments/variants.py", "--out", "{out}"),
     ("experiments/variants.py", "--out", "{out}", "--datasets", "JapaneseVowels", "--seeds",
      "2", "--rates", "0.5", "--placements", "input", "recurrent", *_TINY, "--eval-every", "1"),
