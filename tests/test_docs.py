@@ -7,6 +7,7 @@ derived, and not checked. A regenerated file whose numbers moved, or a page edit
 hand, fails here.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -84,3 +85,19 @@ def test_a_number_the_file_lacks_is_caught():
   source = '{"ms": 44.271, "ms_rounds": [44.3, 36.01, 53.1]}'
   assert unmatched(rows, source) == []
   assert unmatched([f"| seed_clf | 44.5 ms | 1.41{TIMES} |"], source) == ["44.5"]
+
+
+def lead(text: str) -> str:
+  """A page's top: its text before the first second-level heading."""
+  return text.split("\n## ", 1)[0]
+
+
+SHOWN = sorted({(page, path.split("/")[1]) for page, path, _ in (c.values for c in CASES)})
+
+
+@pytest.mark.parametrize(("page", "study"), SHOWN, ids=[f"{p.name}:{s}" for p, s in SHOWN])
+def test_a_page_names_at_its_top_the_commit_of_each_study_it_shows(page, study):
+  manifest = json.loads((DOCS / "results" / study / "manifest.json").read_text())
+  assert manifest["commit"] in lead(page.read_text()), (
+    f"{page.name}: its top does not name {study}'s commit {manifest['commit']}"
+  )
