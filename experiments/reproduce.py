@@ -103,7 +103,7 @@ STUDIES = (
      "2", "--rates", "0.5", "--placements", "input", "recurrent", *_TINY, "--eval-every", "1"),
   ),
   Study(
-    "benchmark", "docs/benchmark.md", "cpu", 40.6,
+    "benchmark", "docs/benchmark.md", "cpu", 33.8,
     ("experiments/benchmark.py", "--out", "{out}"),
     ("experiments/benchmark.py", "--out", "{out}", "--datasets", "ItalyPowerDemand",
      "BasicMotions", "synthetic", "--settings", "none", "input", "recurrent", "--rates", "0.5",
@@ -116,7 +116,7 @@ STUDIES = (
      "{out}"),
   ),
   Study(
-    "bench_cpu", "docs/PERFORMANCE.md", "cpu", 10.0,
+    "bench_cpu", "docs/PERFORMANCE.md", "cpu", 12.9,
     ("scripts/bench.py", "--device", "cpu", "--configs", "seed_clf", "ptb_small", "ptb_cpu",
      "--impls", "ours", "flax", "torch", "--rounds", "5", "--json", "{out}/bench_cpu.json"),
     ("scripts/bench.py", "--device", "cpu", "--configs", "seed_clf", "--impls", "ours",
