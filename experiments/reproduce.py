@@ -254,7 +254,8 @@ def run_study(study: Study, args: Args, out: Path, dest: Path, commit: str | Non
     "study": study.name, "page": study.page, "command": " ".join(study.command(args.quick)),
     "quick": args.quick, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC",
     time.gmtime()), "wall_minutes": round(minutes, 1), "resumed": resumed,
-    "machine": results.machine(),
+    # Not this process's JAX devices: each study chooses its own (on a CPU one per core).
+    "machine": {k: v for k, v in results.machine().items() if k != "devices"},
   }  # fmt: skip
   lacking = missing_files(study, out)
   if lacking:

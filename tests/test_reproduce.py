@@ -58,6 +58,7 @@ def test_a_full_run_publishes_tables_metrics_and_a_manifest(toy, capsys):
   assert m["resumed"] is False
   assert m["left_out"] == ["big.csv"] and "trained" in (folder / "log.txt").read_text()
   assert m["machine"]["cpu_count"] >= 1 and m["wall_minutes"] >= 0
+  assert "devices" not in m["machine"]  # the parent's devices are not the study's
   assert not (docs / "slow").exists()  # a long study runs only when named
   assert "toy: already published at abc1234" not in capsys.readouterr().out
   run()  # the same commit: nothing to do
