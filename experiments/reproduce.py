@@ -110,7 +110,7 @@ STUDIES = (
      "--resamples", "2", *_TINY),
   ),
   Study(
-    "ptb_small", "docs/ptb.md", "cpu", 62.6,
+    "ptb_small", "docs/ptb.md", "cpu", 28.9,
     ("experiments/ptb_zaremba.py", "--config", "small", "--data-dir", "{ptb}", "--out", "{out}"),
     ("experiments/ptb_zaremba.py", "--quick", "--epochs", "1", "--data-dir", "{ptb}", "--out",
      "{out}"),
