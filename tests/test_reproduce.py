@@ -37,6 +37,7 @@ def toy(tmp_path, monkeypatch):
     rp.Study("toy", "docs/toy.md", "cpu", 1.0, (str(script), "{out}")),
     rp.Study("slow", "docs/toy.md", "long", None, (str(script), "{out}")),
     rp.Study("card", "docs/toy.md", "gpu", 5.0, ("bash", "gpu.sh"), runs=False),
+    rp.Study("old", "docs/toy.md", "gpu", 5.0, ("bash", "gpu.sh"), last_run="def5678"),
   )
   monkeypatch.setattr(rp, "STUDIES", studies)
   monkeypatch.setattr(rp, "BY_NAME", {s.name: s for s in studies})
@@ -148,8 +149,9 @@ def test_the_list_names_every_study_with_its_cost_and_last_commit(toy, capsys):
   capsys.readouterr()
   run("--list")
   rows = [r.split(" | ") for r in capsys.readouterr().out.splitlines()[2:]]
-  assert [r[0].strip("| ") for r in rows] == ["toy", "slow", "card"]
+  assert [r[0].strip("| ") for r in rows] == ["toy", "slow", "card", "old"]
   assert rows[0][3] == "abc1234" and rows[1][2] == "days" and rows[2][3] == "not published"
+  assert rows[3][3] == "def5678 (files not kept)"
 
 
 def test_every_real_study_names_an_existing_page_and_command():
