@@ -28,11 +28,12 @@ class RunCheckpoints:
   """The last ``keep`` checkpoints and the best one of a run folder.
 
   ``save`` writes in an order whose every prefix a resumed run can use: the
-  best checkpoint first, then the last one (after deleting the oldest, so
-  that ``last/`` never holds more than ``keep`` finished checkpoints), and
-  only then the previous best is deleted. A kill between the writes leaves
-  a best checkpoint newer than the last one, which ``discard_after``
-  removes when the run resumes from the last one and repeats the epoch.
+  best checkpoint first, then the last one, and only then the oldest last
+  ones beyond ``keep`` and the previous best are deleted (so ``last/`` holds
+  ``keep + 1`` finished checkpoints for a moment, and never none once one
+  is written, even with ``keep=1``). A kill between the writes leaves a best
+  checkpoint newer than the last one, which ``discard_after`` removes when
+  the run resumes from the last one and repeats the epoch.
 
   Args:
     workdir: the run folder.
@@ -63,10 +64,9 @@ class RunCheckpoints:
     args = _args(state, meta)
     if best:
       _write(self._best, epoch, args)
-    for old in sorted(self._last.all_steps())[: -self.keep + 1 or None]:
-      if old != epoch:
-        self._last.delete(old)
     _write(self._last, epoch, args)
+    for old in sorted(self._last.all_steps())[: -self.keep]:
+      self._last.delete(old)
     self.discard_stale_best(epoch)
 
   def save_best(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:

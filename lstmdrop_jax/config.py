@@ -86,7 +86,8 @@ class Config:
   batch_size: int = 16
   epochs: int = 100
   early_stopping: int = 0
-  """Stop after this many epochs without a better validation score (0: never)."""
+  """Stop at the first evaluation at least this many epochs after the best validation
+  score (0: never)."""
   best_metric: Literal["auto", "val_accuracy", "val_loss"] = "auto"
   """The validation score that picks the best checkpoint and drives early stopping (auto:
   accuracy, ties broken by loss, for classifiers; loss for language models)."""

@@ -63,6 +63,31 @@ def test_only_the_last_keep_checkpoints_remain(ckpt):
   assert sorted(p.name for p in (ckpt.root / "last").iterdir()) == ["4", "5"]
 
 
+def test_a_kill_while_the_only_kept_checkpoint_is_replaced_leaves_the_previous_one(
+  tmp_path, monkeypatch
+):
+  """keep=1: the new last checkpoint is written before the old one is deleted."""
+  import lstmdrop_jax.checkpoint as checkpoint
+
+  ckpt = RunCheckpoints(tmp_path, keep=1)
+  ckpt.save(1, _state(1), _meta(1), best=True)
+  ckpt.save(2, _state(2), _meta(2))
+  assert ckpt.epochs("last") == [2] and ckpt.epochs("best") == [1]
+
+  def killed(mgr, epoch, args):
+    raise KeyboardInterrupt  # the process dies inside the write: nothing of epoch 3 is finished
+
+  monkeypatch.setattr(checkpoint, "_write", killed)
+  with pytest.raises(KeyboardInterrupt):
+    ckpt.save(3, _state(3), _meta(3))
+  ckpt.close()
+  monkeypatch.undo()
+  again = RunCheckpoints(tmp_path, keep=1)
+  assert again.epochs("last") == [2] and again.epochs("best") == [1]
+  _assert_bits_equal(again.restore()[0], _state(2))
+  again.close()
+
+
 def test_the_best_checkpoint_is_kept_apart_from_the_last_ones(ckpt):
   ckpt.save(1, _state(1), _meta(1), best=True)
   ckpt.save(2, _state(2), _meta(2))

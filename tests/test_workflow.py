@@ -275,6 +275,15 @@ def test_a_larger_patience_continues_an_early_stopped_run(tmp_path):
   assert second["status"] == "finished" and second["epochs"] == 12
 
 
+def test_early_stopping_stops_at_an_evaluation(tmp_path):
+  """Patience shorter than the evaluation interval: the run stops at the first evaluation
+  after it runs out, so its final record and its last checkpoint are the same epoch."""
+  cfg = dataclasses.replace(FAST, dataset="synthetic", epochs=12, eval_every=4, early_stopping=1)
+  summary = train_and_evaluate(cfg, tmp_path / "run", progress=False)
+  assert summary["status"] == "early_stopped", summary["status"]
+  assert summary["epochs"] % 4 == 0 and summary["final"]["epoch"] == summary["epochs"]
+
+
 def test_what_may_change_in_a_run_folder(tmp_path, capsys):
   cfg = dataclasses.replace(FAST, dataset="synthetic", epochs=2, schedule="cosine")
   train_and_evaluate(cfg, tmp_path / "run", progress=False)

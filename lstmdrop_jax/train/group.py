@@ -58,7 +58,12 @@ class Run:
       return
     if self.epoch >= c.epochs:
       self.status = "finished"
-    elif c.early_stopping and self.best and self.epoch - self.best["epoch"] >= c.early_stopping:
+    elif (
+      c.early_stopping
+      and self.best
+      and self.epoch % c.eval_every == 0  # patience ends at an evaluation, never between two
+      and self.epoch - self.best["epoch"] >= c.early_stopping
+    ):
       self.status = "early_stopped"
 
   def due_for_eval(self) -> bool:
