@@ -28,12 +28,14 @@ class RunCheckpoints:
   """The last ``keep`` checkpoints and the best one of a run folder.
 
   ``save`` writes in an order whose every prefix a resumed run can use: the
-  best checkpoint first, then the last one, and only then the oldest last
-  ones beyond ``keep`` and the previous best are deleted (so ``last/`` holds
-  ``keep + 1`` finished checkpoints for a moment, and never none once one
-  is written, even with ``keep=1``). A kill between the writes leaves a best
-  checkpoint newer than the last one, which ``discard_after`` removes when
-  the run resumes from the last one and repeats the epoch.
+  best checkpoint first, then the last one, and only then the previous best
+  is deleted. ``last/`` keeps one finished checkpoint through every write:
+  with ``keep >= 2`` the oldest are deleted before the write, so it never
+  holds more than ``keep``; with ``keep=1`` the old one is deleted after
+  it, so it holds two for a moment rather than none. A kill between the
+  writes leaves a best checkpoint newer than the last one, which
+  ``discard_after`` removes when the run resumes from the last one and
+  repeats the epoch.
 
   Args:
     workdir: the run folder.
@@ -64,6 +66,9 @@ class RunCheckpoints:
     args = _args(state, meta)
     if best:
       _write(self._best, epoch, args)
+    older = sorted(s for s in self._last.all_steps() if s != epoch)
+    for old in older[: -max(self.keep - 1, 1)]:  # one finished checkpoint stays
+      self._last.delete(old)
     _write(self._last, epoch, args)
     for old in sorted(self._last.all_steps())[: -self.keep]:
       self._last.delete(old)
