@@ -55,15 +55,35 @@ def test_passes_differ_and_their_mean_probability_beats_their_mean_loss():
     mc_test_nll(model, state, stream, key, samples=0)
 
 
-def test_a_language_model_run_reports_its_mc_test_perplexity(tmp_path):
+def test_an_early_stopped_language_model_is_scored_on_its_test_split(tmp_path):
+  """The test split is scored only at a run's last epoch, which early stopping decides."""
   from lstmdrop_jax.train import Config, train_and_evaluate
 
+  corpus = _corpus(tmp_path)
+  cfg = Config(
+    dataset="text", data_dir=str(corpus), hidden=8, layers=1, num_steps=5, batch_size=4,
+    optimizer="sgd", learning_rate=5.0, epochs=30, unroll=1, early_stopping=1,
+  )  # fmt: skip
+  summary = train_and_evaluate(cfg, tmp_path / "lm", progress=False)
+  assert summary["status"] == "early_stopped" and summary["epochs"] < 30
+  assert np.isfinite(summary["final"]["test/ppl"])
+
+
+def _corpus(tmp_path):
+  """A tiny word-level corpus of 9 random words: train, valid and test files."""
   rng = np.random.default_rng(0)
   corpus = tmp_path / "corpus"
   corpus.mkdir()
   for split, n in (("train", 400), ("valid", 60), ("test", 60)):
     words = [f"w{i}" for i in rng.integers(0, 9, n)]
     (corpus / f"{split}.txt").write_text(" ".join(words) + "\n")
+  return corpus
+
+
+def test_a_language_model_run_reports_its_mc_test_perplexity(tmp_path):
+  from lstmdrop_jax.train import Config, train_and_evaluate
+
+  corpus = _corpus(tmp_path)
   cfg = Config(
     dataset="text", data_dir=str(corpus), hidden=8, layers=1, num_steps=5, batch_size=4,
     optimizer="sgd", learning_rate=1.0, epochs=2, unroll=1, mc_samples=3,

@@ -58,13 +58,19 @@ class Run:
       return
     if self.epoch >= c.epochs:
       self.status = "finished"
-    elif (
+    elif self.out_of_patience():
+      self.status = "early_stopped"
+
+  def out_of_patience(self) -> bool:
+    """Early stopping is on and this epoch, an evaluation's (never one between two), is at
+    least ``early_stopping`` epochs after the best."""
+    c = self.config
+    return bool(
       c.early_stopping
       and self.best
-      and self.epoch % c.eval_every == 0  # patience ends at an evaluation, never between two
+      and self.epoch % c.eval_every == 0
       and self.epoch - self.best["epoch"] >= c.early_stopping
-    ):
-      self.status = "early_stopped"
+    )
 
   def due_for_eval(self) -> bool:
     c = self.config
@@ -228,16 +234,18 @@ class Group:
       self.finish(run)
 
   def evaluate(self, trained: Sequence[int], eval_batches: dict) -> dict[str, dict]:
-    """Scores every split of every run once if any trained run is due; ``{}`` if none."""
+    """Scores every split of every run once if any trained run is due; ``{}`` if none. The
+    final-only splits are scored when a due run ends here (all epochs, or early stopping)."""
     due = [k for k in trained if self.runs[k].due_for_eval()]
     if not due:
       return {}
-    last = any(self.runs[k].epoch >= self.runs[k].config.epochs for k in due)
-    evals = {
-      split: jax.device_get(self.eval_fn(self.states, b))
-      for split, b in eval_batches.items()
-      if last or split not in self.task.final_only_splits
+    score = lambda splits: {
+      split: jax.device_get(self.eval_fn(self.states, eval_batches[split])) for split in splits
     }
+    final_only = self.task.final_only_splits
+    evals = score([s for s in eval_batches if s not in final_only])
+    if any(self.ends_here(k, evals) for k in due):
+      evals.update(score([s for s in eval_batches if s in final_only]))
     if self.observe_fn is not None:  # before the checkpoints: a resumed run has the new rate
       val = evals["val"]
       loss = np.asarray(val["loss_sum"], np.float32) / np.maximum(val["count"], 1.0)
@@ -248,6 +256,17 @@ class Group:
         par.put(flags, self.shardings["state"]),
       )
     return evals
+
+  def ends_here(self, k: int, evals: dict[str, dict]) -> bool:
+    """Whether run ``k``'s epoch is its last, given this evaluation (``end_epoch`` then
+    marks it finished or early-stopped)."""
+    run = self.runs[k]
+    if run.epoch >= run.config.epochs:
+      return True
+    if not run.out_of_patience() or "val" not in evals:
+      return False
+    val = self.task.eval_record("val", {n: float(v[k]) for n, v in evals["val"].items()})
+    return not self.task.better(val, run.best)  # an improvement would reset the patience
 
   def end_epoch(self, run: Run, evals: dict[str, dict], rows: par.Rows) -> None:
     """Logs the run's evaluation, keeps its best, checkpoints, and finishes it if done."""
