@@ -245,7 +245,7 @@ def check_resume(old: Config, new: Config) -> bool:
   Raises:
     ValueError: a field outside ``EXTENDABLE_FIELDS`` differs (the message
       lists them), fewer epochs, or more epochs of a schedule that spans the
-      run's epochs.
+      run's epochs or of a run whose last epoch is off its evaluation grid.
   """
   a, b = old.to_dict(), new.to_dict()
   diff = sorted(k for k in a if a[k] != b[k])
@@ -269,6 +269,13 @@ def check_resume(old: Config, new: Config) -> bool:
       f"holds a run with schedule {old.schedule!r}, which spans the run's {old.epochs} epochs: "
       f"extending it to {new.epochs} would change the learning rate of epochs already "
       "trained. Train the longer run in a new --workdir"
+    )
+  if new.epochs != old.epochs and old.epochs % old.eval_every:
+    raise ValueError(
+      f"holds a run of {old.epochs} epochs evaluated every {old.eval_every}: its last epoch "
+      f"was evaluated, which a run of {new.epochs} epochs would not do, and that evaluation "
+      "can move its best checkpoint, early stopping and a plateau schedule. Extend runs "
+      "whose epochs are a multiple of --eval-every, or train the longer run in a new --workdir"
     )
   return True
 

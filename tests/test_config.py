@@ -137,6 +137,11 @@ def test_which_changes_extend_a_run():
   with pytest.raises(ValueError, match="spans the run's 20 epochs: extending it to 40 would"):
     check_resume(cosine, dataclasses.replace(cosine, epochs=40))
   assert check_resume(cosine, dataclasses.replace(cosine, early_stopping=3)) is True
+  sparse = dataclasses.replace(old, epochs=21, eval_every=2)  # epoch 21 was evaluated as the last
+  with pytest.raises(ValueError, match="21 epochs evaluated every 2: its last epoch was evaluated"):
+    check_resume(sparse, dataclasses.replace(sparse, epochs=40))
+  on_grid = dataclasses.replace(old, eval_every=4)
+  assert check_resume(on_grid, dataclasses.replace(on_grid, epochs=40)) is True
 
 
 def test_resume_kind_says_what_rerunning_a_config_in_a_folder_does():
