@@ -627,7 +627,7 @@ def run_benchmark(
 
   from lstmdrop_jax.train import train_runs
 
-  t0 = time.perf_counter()
+  t0, commit = time.perf_counter(), provenance.commit()  # the code the runs start from
   check_args(datasets, settings, rates, resamples, epochs)
   out = Path(out)
   runs = grid(settings, rates)
@@ -665,7 +665,7 @@ def run_benchmark(
   paths = summary.pop("paths")
   summary = {
     "wall_time_s": round(time.perf_counter() - t0, 1),
-    "commit": provenance.commit(),
+    "commit": commit,
     "machine": provenance.machine(),
     "model": {**model, "optimizer": "adam", "learning_rate": 2e-3, "batch_size": 16},
     "settings": {s: list(SETTINGS[s]) for s in ["none", *(s for s in settings if s != "none")]},

@@ -73,7 +73,9 @@ def _rows(path):
     return list(csv.DictReader(f))
 
 
-def test_a_small_benchmark_writes_every_table_and_the_diagram_and_resumes(bench, tmp_path):
+def test_a_small_benchmark_writes_every_table_and_the_diagram_and_resumes(
+  bench, tmp_path, monkeypatch
+):
   kw = dict(
     datasets=("ItalyPowerDemand", "BasicMotions", "synthetic"),
     settings=("none", "input", "recurrent"),
@@ -85,7 +87,12 @@ def test_a_small_benchmark_writes_every_table_and_the_diagram_and_resumes(bench,
     progress=False,
   )
   out = tmp_path / "b"
+  # The checkout changes while the runs train: the record names the commit they started from.
+  moved = lambda: "def5678+changes" if out.exists() else "abc1234"
+  monkeypatch.setattr(bench.provenance, "commit", moved)
   summary = bench.run_benchmark(out, **kw)
+  monkeypatch.undo()
+  assert summary["commit"] == "abc1234"
   labels = ["none", "input", "recurrent"]
 
   acc = _rows(out / "benchmark_accuracy.csv")
