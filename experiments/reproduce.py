@@ -96,38 +96,38 @@ class Study:
 _TINY = ("--hidden", "8", "--layers", "1", "--epochs", "2")
 STUDIES = (
   Study(
-    "overfit_GunPoint", "docs/overfit.md", "cpu", 10.3,
+    "overfit_GunPoint", "docs/overfit.md", "cpu", 9.7,
     ("experiments/overfit.py", "--out", "{out}"),
     ("experiments/overfit.py", "--out", "{out}", "--seeds", "1", "--rates", "0.5", *_TINY,
      "--eval-every", "1"),
   ),
   Study(
-    "overfit_synthetic", "docs/overfit.md", "cpu", 14.7,
+    "overfit_synthetic", "docs/overfit.md", "cpu", 13.2,
     ("experiments/overfit.py", "--dataset", "synthetic", "--out", "{out}"),
     ("experiments/overfit.py", "--dataset", "synthetic", "--out", "{out}", "--seeds", "1",
      "--rates", "0.5", *_TINY, "--eval-every", "1"),
   ),
   Study(
-    "variants", "docs/variants.md", "cpu", 17.4,
+    "variants", "docs/variants.md", "cpu", 15.9,
     ("experiments/variants.py", "--out", "{out}"),
     ("experiments/variants.py", "--out", "{out}", "--datasets", "JapaneseVowels", "--seeds",
      "2", "--rates", "0.5", "--placements", "input", "recurrent", *_TINY, "--eval-every", "1"),
   ),
   Study(
-    "benchmark", "docs/benchmark.md", "cpu", 33.8,
+    "benchmark", "docs/benchmark.md", "cpu", 31.5,
     ("experiments/benchmark.py", "--out", "{out}"),
     ("experiments/benchmark.py", "--out", "{out}", "--datasets", "ItalyPowerDemand",
      "BasicMotions", "synthetic", "--settings", "none", "input", "recurrent", "--rates", "0.5",
      "--resamples", "2", *_TINY),
   ),
   Study(
-    "ptb_small", "docs/ptb.md", "cpu", 28.9,
+    "ptb_small", "docs/ptb.md", "cpu", 31.2,
     ("experiments/ptb_zaremba.py", "--config", "small", "--data-dir", "{ptb}", "--out", "{out}"),
     ("experiments/ptb_zaremba.py", "--quick", "--epochs", "1", "--data-dir", "{ptb}", "--out",
      "{out}"),
   ),
   Study(
-    "bench_cpu", "docs/PERFORMANCE.md", "cpu", 12.9,
+    "bench_cpu", "docs/PERFORMANCE.md", "cpu", 13.7,
     ("scripts/bench.py", "--device", "cpu", "--configs", "seed_clf", "ptb_small", "ptb_cpu",
      "--impls", "ours", "flax", "torch", "--rounds", "5", "--json", "{out}/bench_cpu.json"),
     ("scripts/bench.py", "--device", "cpu", "--configs", "seed_clf", "--impls", "ours",
