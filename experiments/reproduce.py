@@ -14,8 +14,9 @@ folders.
   run; they are never run on a CPU.
 
 A study's runs resume after a kill, and a study is skipped when it is current: published
-at a commit whose code (``CODE``) equals the checkout's, so commits that touch only the
-documents or the tests keep it (``--force`` runs it again). Re-running the command
+at a commit whose code equals the checkout's, where its code is the library, ``pyproject.toml``
+and its own script (``Study.code``), so commits that touch only the documents, the tests or
+another study's script keep it (``--force`` runs it again). Re-running the command
 finishes what a killed one started. A failed study leaves its published folder as it was.
 
 ``--quick`` runs every CPU and long study's pipeline at toy sizes (a few minutes in all)
@@ -51,9 +52,9 @@ PUBLISHED = ("*.md", "*.csv", "*.png", "*.json")
 #: A study's own file larger than this is left out (and said so): the repository keeps them
 #: small. (The per-epoch metrics and run summaries are always published.)
 MAX_BYTES = 1_000_000
-#: What a study's results depend on (git pathspecs): this file only chooses what is published.
-CODE = ("lstmdrop_jax", "experiments", "scripts", "pyproject.toml",
-        ":(exclude)experiments/reproduce.py")  # fmt: skip
+#: What every study's results depend on (git pathspecs), besides its own script
+#: (``Study.code``); this file only chooses what is published.
+CODE = ("lstmdrop_jax", "pyproject.toml")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Study:
     quick: the same pipeline at toy sizes (None for a GPU study).
     runs: whether its output folder holds run folders (their metrics are published).
     last_run: the commit of its last run when that run's files were not kept (no manifest).
+    uses: files of this repository its script imports or runs, besides ``CODE``.
   """
 
   name: str
@@ -79,51 +81,58 @@ class Study:
   quick: tuple[str, ...] | None = None
   runs: bool = True
   last_run: str | None = None
+  uses: tuple[str, ...] = ()
 
   def command(self, quick: bool = False) -> tuple[str, ...]:
     return self.quick if quick and self.quick else self.argv
+
+  @property
+  def code(self) -> tuple[str, ...]:
+    """What its results depend on: ``CODE``, its script and what the script uses."""
+    script = self.argv[1] if self.argv[0] == "bash" else self.argv[0]
+    return (*CODE, script, *self.uses)
 
 
 _TINY = ("--hidden", "8", "--layers", "1", "--epochs", "2")
 STUDIES = (
   Study(
-    "overfit_GunPoint", "docs/overfit.md", "cpu", 10.3,
+    "overfit_GunPoint", "docs/overfit.md", "cpu", 9.7,
     ("experiments/overfit.py", "--out", "{out}"),
     ("experiments/overfit.py", "--out", "{out}", "--seeds", "1", "--rates", "0.5", *_TINY,
      "--eval-every", "1"),
   ),
   Study(
-    "overfit_synthetic", "docs/overfit.md", "cpu", 14.7,
+    "overfit_synthetic", "docs/overfit.md", "cpu", 13.2,
     ("experiments/overfit.py", "--dataset", "synthetic", "--out", "{out}"),
     ("experiments/overfit.py", "--dataset", "synthetic", "--out", "{out}", "--seeds", "1",
      "--rates", "0.5", *_TINY, "--eval-every", "1"),
   ),
   Study(
-    "variants", "docs/variants.md", "cpu", 17.4,
+    "variants", "docs/variants.md", "cpu", 15.9,
     ("experiments/variants.py", "--out", "{out}"),
     ("experiments/variants.py", "--out", "{out}", "--datasets", "JapaneseVowels", "--seeds",
      "2", "--rates", "0.5", "--placements", "input", "recurrent", *_TINY, "--eval-every", "1"),
   ),
   Study(
-    "benchmark", "docs/benchmark.md", "cpu", 33.8,
+    "benchmark", "docs/benchmark.md", "cpu", 31.5,
     ("experiments/benchmark.py", "--out", "{out}"),
     ("experiments/benchmark.py", "--out", "{out}", "--datasets", "ItalyPowerDemand",
      "BasicMotions", "synthetic", "--settings", "none", "input", "recurrent", "--rates", "0.5",
      "--resamples", "2", *_TINY),
   ),
   Study(
-    "ptb_small", "docs/ptb.md", "cpu", 28.9,
+    "ptb_small", "docs/ptb.md", "cpu", 31.2,
     ("experiments/ptb_zaremba.py", "--config", "small", "--data-dir", "{ptb}", "--out", "{out}"),
     ("experiments/ptb_zaremba.py", "--quick", "--epochs", "1", "--data-dir", "{ptb}", "--out",
      "{out}"),
   ),
   Study(
-    "bench_cpu", "docs/PERFORMANCE.md", "cpu", 12.9,
+    "bench_cpu", "docs/PERFORMANCE.md", "cpu", 13.7,
     ("scripts/bench.py", "--device", "cpu", "--configs", "seed_clf", "ptb_small", "ptb_cpu",
      "--impls", "ours", "flax", "torch", "--rounds", "5", "--json", "{out}/bench_cpu.json"),
     ("scripts/bench.py", "--device", "cpu", "--configs", "seed_clf", "--impls", "ours",
      "--warmup", "0", "--steps", "1", "--repeats", "1", "--json", "{out}/bench_cpu.json"),
-    runs=False,
+    runs=False, uses=("scripts/bench_models.py", "experiments/overfit.py"),  # its modes
   ),
   Study(
     "ptb_cpu", "docs/ptb.md", "long", None,
@@ -133,10 +142,12 @@ STUDIES = (
   Study(
     "ptb_h200", "docs/ptb.md", "gpu", 12.9,
     ("bash", "experiments/gpu_ptb.sh"), last_run="867df64",
+    uses=("experiments/ptb_zaremba.py",),
   ),
   Study(
     "gpu_bench", "docs/PERFORMANCE.md", "gpu", 6.0,
     ("bash", "scripts/gpu_bench.sh"), runs=False, last_run="e89a34b",
+    uses=("scripts/bench.py", "scripts/bench_models.py", "experiments/overfit.py"),
   ),
 )  # fmt: skip
 BY_NAME = {s.name: s for s in STUDIES}
@@ -182,14 +193,15 @@ def manifest(folder: Path) -> dict | None:
     return None
 
 
-def current(published: str | None, root: Path = ROOT) -> bool:
+def current(published: str | None, code: Sequence[str], root: Path = ROOT) -> bool:
   """Whether a study published at commit ``published`` ran the code checked out in ``root``:
-  no file of ``CODE`` differs between that commit and the working tree."""
+  no file of ``code`` (git pathspecs: ``Study.code``) differs between that commit and the
+  working tree."""
   if not published or published.endswith("+changes"):
     return False  # not a commit, or one with uncommitted changes
   if published == results.commit(root):
     return True
-  git = ["git", "diff", "--quiet", published, "--", *CODE]
+  git = ["git", "diff", "--quiet", published, "--", *code]
   return subprocess.run(git, cwd=root, capture_output=True).returncode == 0
 
 
@@ -304,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   failed = []
   for study in studies:
     done = manifest(dest / study.name)
-    if not args.quick and not args.force and done and current(done.get("commit")):
+    if not args.quick and not args.force and done and current(done.get("commit"), study.code):
       print(f"{study.name}: already published at {done['commit']}, whose code is the "
             "checkout's (--force runs it again)")  # fmt: skip
       continue

@@ -3,6 +3,7 @@ repeated run leaves the published files as they were."""
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -72,22 +73,50 @@ def test_a_full_run_publishes_tables_metrics_and_a_manifest(toy, capsys):
 def test_a_study_stays_current_while_what_its_results_do_not_depend_on_changes(tmp_path):
   git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
   head = lambda: git("rev-parse", "--short", "HEAD").stdout.decode().strip()
-  paths = ("lstmdrop_jax/m.py", "docs/page.md", "tests/test_m.py", "experiments/reproduce.py")
+  commit = lambda: git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "c")
+  ours = rp.Study("ours", "docs/page.md", "cpu", 1.0, ("experiments/ours.py", "{out}"),
+                  uses=("scripts/helper.py",))  # fmt: skip
+  code = ours.code
+  assert code == ("lstmdrop_jax", "pyproject.toml", "experiments/ours.py", "scripts/helper.py")
+  paths = ("lstmdrop_jax/m.py", "pyproject.toml", "experiments/ours.py", "scripts/helper.py",
+           "docs/page.md", "tests/test_m.py", "experiments/reproduce.py",
+           "experiments/other.py")  # fmt: skip
   for path in paths:
     (tmp_path / path).parent.mkdir(exist_ok=True)
     (tmp_path / path).write_text("1\n")
   git("init", "-q")
   git("add", ".")
-  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a")
+  commit()
   published = head()
-  assert rp.current(published, tmp_path)
-  for path in paths[1:]:  # what the results do not depend on
+  assert rp.current(published, code, tmp_path)
+  for path in paths[4:]:  # what its results do not depend on: another study's script too
     (tmp_path / path).write_text("2\n")
-  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "b")
-  assert head() != published and rp.current(published, tmp_path)
-  (tmp_path / "lstmdrop_jax/m.py").write_text("2\n")  # uncommitted code counts
-  assert not rp.current(published, tmp_path)
-  assert not rp.current(f"{published}+changes", tmp_path) and not rp.current(None, tmp_path)
+  commit()
+  assert head() != published and rp.current(published, code, tmp_path)
+  for path in paths[:4]:  # each file it depends on counts, uncommitted or committed
+    (tmp_path / path).write_text("2\n")
+    assert not rp.current(published, code, tmp_path), path
+    git("checkout", "--", path)
+  (tmp_path / "experiments/ours.py").write_text("3\n")
+  commit()
+  assert not rp.current(published, code, tmp_path)
+  assert not rp.current(f"{published}+changes", code, tmp_path)
+  assert not rp.current(None, code, tmp_path)
+
+
+def test_each_study_depends_on_its_script_and_what_the_script_imports():
+  for study in rp.STUDIES:
+    assert all((rp.ROOT / path).exists() for path in study.code), study.name
+  assert "scripts/bench_models.py" in rp.BY_NAME["bench_cpu"].code  # bench.py imports it
+  assert rp.BY_NAME["ptb_h200"].code[2:] == ("experiments/gpu_ptb.sh", "experiments/ptb_zaremba.py")
+  scripts = {s.code[2] for s in rp.STUDIES}
+  for path in scripts:  # a script that imports another of the repository's lists it in uses
+    text = (rp.ROOT / path).read_text()
+    for other in scripts | {"scripts/bench_models.py"}:
+      stem = Path(other).stem
+      if other != path and (f"import {stem}" in text or f"{stem}.py" in text):
+        study = next(s for s in rp.STUDIES if s.code[2] == path)
+        assert other in study.code, (path, other)
 
 
 def test_a_failed_study_leaves_the_published_folder_as_it_was(toy, monkeypatch, capsys):
