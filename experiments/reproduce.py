@@ -15,8 +15,9 @@ folders.
 
 A study's runs resume after a kill, and a study is skipped when it is current: published
 at a commit whose code equals the checkout's, where its code is the library, ``pyproject.toml``
-and its own script (``Study.code``), so commits that touch only the documents, the tests or
-another study's script keep it (``--force`` runs it again). Re-running the command
+and its own script (``Study.code``), so commits that touch only the documents, the tests,
+another study's script or the docstrings and comments of its code keep it (``--force`` runs
+it again). Re-running the command
 finishes what a killed one started. A failed study leaves its published folder as it was.
 
 ``--quick`` runs every CPU and long study's pipeline at toy sizes (a few minutes in all)
@@ -32,6 +33,7 @@ touches ``docs/results/``.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -196,13 +198,43 @@ def manifest(folder: Path) -> dict | None:
 def current(published: str | None, code: Sequence[str], root: Path = ROOT) -> bool:
   """Whether a study published at commit ``published`` ran the code checked out in ``root``:
   no file of ``code`` (git pathspecs: ``Study.code``) differs between that commit and the
-  working tree."""
+  working tree, other than in the docstrings and comments of Python files."""
   if not published or published.endswith("+changes"):
     return False  # not a commit, or one with uncommitted changes
   if published == results.commit(root):
     return True
-  git = ["git", "diff", "--quiet", published, "--", *code]
-  return subprocess.run(git, cwd=root, capture_output=True).returncode == 0
+  git = ["git", "diff", "--name-only", "--no-renames", published, "--", *code]
+  diff = subprocess.run(git, cwd=root, capture_output=True, text=True)
+  if diff.returncode != 0:
+    return False  # not a commit of this repository
+  return all(_same_program(published, path, root) for path in diff.stdout.split())
+
+
+def _same_program(commit: str, path: str, root: Path) -> bool:
+  """Whether the Python file ``path`` parses to the same program at ``commit`` as in the
+  working tree once docstrings are dropped (comments never reach the tree). Any other file,
+  or one added, removed or unparsable on either side, is not the same."""
+  if not path.endswith(".py") or not (root / path).is_file():
+    return False
+  old = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=root, capture_output=True)
+  if old.returncode != 0:
+    return False
+  try:
+    return _program(old.stdout.decode()) == _program((root / path).read_text())
+  except (SyntaxError, UnicodeDecodeError, ValueError):
+    return False
+
+
+def _program(source: str) -> str:
+  """``source``'s syntax tree, as text, without line numbers and without the statements that
+  are a bare string (docstrings, attribute docstrings): they never run."""
+
+  class Strip(ast.NodeTransformer):
+    def visit_Expr(self, node: ast.Expr) -> ast.AST | None:
+      text = isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+      return None if text else node
+
+  return ast.dump(Strip().visit(ast.parse(source)))
 
 
 def listing(docs: Path) -> str:

@@ -104,6 +104,54 @@ def test_a_study_stays_current_while_what_its_results_do_not_depend_on_changes(t
   assert not rp.current(None, code, tmp_path)
 
 
+MODULE = '''"""A module."""
+RATE = 0.5  # a comment
+
+
+def f(x):
+  """Scaled."""
+  return x * RATE
+'''
+
+
+@pytest.mark.parametrize(
+  "edit, same",
+  [
+    (("A module.", "What the module does now."), True),  # a docstring
+    (("# a comment", "# another comment"), True),
+    (('"""Scaled."""', '"""Scaled by RATE,\n  over two lines."""'), True),
+    (("RATE = 0.5  # a comment", "RATE = 0.5\n\"\"\"The rate.\"\"\""), True),  # attribute docstring
+    (("RATE = 0.5", "RATE = 0.25"), False),  # a constant
+    (("x * RATE", "RATE * x"), False),  # an expression
+    (('"""Scaled."""', '"""Scaled."""\n  print(x)'), False),  # an expression statement
+    (('"""Scaled."""', "'''Scaled.'''\n  'Scaled.'"), True),
+    (("return x * RATE", "return x * RATE +"), False),  # no longer parses
+  ],
+)
+def test_a_study_stays_current_through_docstrings_and_comments_alone(tmp_path, edit, same):
+  git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+  path = tmp_path / "lstmdrop_jax" / "m.py"
+  path.parent.mkdir()
+  path.write_text(MODULE)
+  git("init", "-q")
+  git("add", ".")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+  published = git("rev-parse", "--short", "HEAD").stdout.decode().strip()
+  old, new = edit
+  assert old in MODULE
+  path.write_text(MODULE.replace(old, new))
+  assert rp.current(published, ("lstmdrop_jax",), tmp_path) is same
+  path.unlink()  # a removed file
+  assert not rp.current(published, ("lstmdrop_jax",), tmp_path)
+  other = tmp_path / "lstmdrop_jax" / "run.sh"  # only Python files are read as programs
+  other.write_text("'--rate=0.5'\n")
+  git("add", ".")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+  published = git("rev-parse", "--short", "HEAD").stdout.decode().strip()
+  other.write_text("'--rate=0.25'\n")
+  assert not rp.current(published, ("lstmdrop_jax",), tmp_path)
+
+
 def test_each_study_depends_on_its_script_and_what_the_script_imports():
   for study in rp.STUDIES:
     assert all((rp.ROOT / path).exists() for path in study.code), study.name
