@@ -264,6 +264,9 @@ def publish(study: Study, out: Path, dest: Path, record: dict) -> Path:
       left_out.append(path.name)
       continue
     shutil.copy2(path, staging / path.name)
+  if (staging / "log.txt").exists():
+    log = staging / "log.txt"
+    log.write_text(without_local_paths(log.read_text(), out))
   if study.runs:
     results.export_runs(out, staging)
   files = sorted(p.name for p in staging.iterdir())
@@ -276,6 +279,13 @@ def publish(study: Study, out: Path, dest: Path, record: dict) -> Path:
   staging.rename(target)
   shutil.rmtree(old, ignore_errors=True)
   return target
+
+
+def without_local_paths(text: str, out: Path) -> str:
+  """``text`` with this machine's paths made portable: the study's output folder becomes
+  ``{out}`` (as in the manifest's command) and the repository's root is dropped."""
+  text = text.replace(str(out.resolve()), "{out}").replace(str(out), "{out}")
+  return text.replace(f"{ROOT}{os.sep}", "")
 
 
 def run_study(study: Study, args: Args, out: Path, dest: Path, commit: str | None) -> bool:

@@ -25,7 +25,7 @@ run.mkdir(parents=True, exist_ok=True)
 (run / "config.json").write_text(json.dumps({"seed": 0}))
 (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train/loss": 0.5}) + "\\n")
 (run / "summary.json").write_text(json.dumps({"epochs": 1}))
-print("trained")
+print("trained", run.resolve())
 """
 
 
@@ -58,7 +58,9 @@ def test_a_full_run_publishes_tables_metrics_and_a_manifest(toy, capsys):
   m = json.loads((folder / "manifest.json").read_text())
   assert m["commit"] == "abc1234" and m["study"] == "toy" and not m["quick"]
   assert m["resumed"] is False
-  assert m["left_out"] == ["big.csv"] and "trained" in (folder / "log.txt").read_text()
+  log = (folder / "log.txt").read_text()
+  assert m["left_out"] == ["big.csv"] and "trained {out}/runs/r0" in log
+  assert str(docs.parent) not in log  # no path of this machine
   assert m["machine"]["cpu_count"] >= 1 and m["wall_minutes"] >= 0
   assert "devices" not in m["machine"]  # the parent's devices are not the study's
   assert not (docs / "slow").exists()  # a long study runs only when named
