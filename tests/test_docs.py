@@ -101,3 +101,24 @@ def test_a_page_names_at_its_top_the_commit_of_each_study_it_shows(page, study):
   assert manifest["commit"] in lead(page.read_text()), (
     f"{page.name}: its top does not name {study}'s commit {manifest['commit']}"
   )
+
+
+#: An absolute path of two or more folders, as a log prints a run folder.
+ABSOLUTE = re.compile(r"(?:^|[\s'\"(=`])/(?:[\w.-]+/){2,}", re.M)
+
+
+def published_texts() -> list[Path]:
+  return [p for p in sorted((DOCS / "results").rglob("*")) if p.suffix in (".txt", ".md", ".csv", ".json")]
+
+
+def test_published_files_name_no_path_of_the_machine_that_ran_them():
+  assert published_texts()
+  for path in published_texts():
+    hits = [m.group(0).strip() for m in ABSOLUTE.finditer(path.read_text())]
+    assert not hits, f"{path.relative_to(ROOT)}: {hits[:3]}"
+
+
+def test_an_absolute_path_is_caught():
+  assert ABSOLUTE.search("/home/someone/results/reproduce/x/runs/a: finished")
+  assert ABSOLUTE.search("see '/work/repo/results/x'")
+  assert not ABSOLUTE.search("{out}/runs/a: finished; 50.2 ms/step; 1/13 epochs")
