@@ -21,7 +21,8 @@ Protocol:
   resample r is only seed r. Every run of resample r has ``seed = r``: it picks the
   validation series held out of the train split (``val_fraction``, stratified), the
   initialisation, the data order and the dropout masks. The field's convention is 30
-  resamples; the two-hour budget on a 2-core CPU allows 5.
+  resamples; the default is 5 (about half an hour on a 2-core CPU; 30 take about six
+  times as long).
 * Rates. Each setting's rate is chosen per dataset from ``--rates`` on validation only:
   the rate with the highest mean best-validation accuracy over the resamples (ties: the
   lower rate). Test accuracy is read at each run's best-validation checkpoint (by
@@ -52,7 +53,7 @@ resamples of the same shapes reuse.
 
 Command::
 
-  python experiments/benchmark.py             # the full benchmark (about two hours on 2 cores)
+  python experiments/benchmark.py             # the full benchmark (about half an hour on 2 cores)
   python experiments/benchmark.py --quick     # 3 small sets, 2 resamples: ~2 minutes
 
 The full run's wall time and machine are written to ``benchmark.json``; docs/benchmark.md
@@ -117,7 +118,7 @@ class Budget:
   val_fraction: float = 0.3
 
 
-#: Each dataset's budget, sized so that the full benchmark fits two hours on 2 CPU cores.
+#: Each dataset's budget (epochs, window), the same for every setting and resample.
 BUDGETS: dict[str, Budget] = {
   "ACSF1": Budget(epochs=60, window=10),
   "ArrowHead": Budget(epochs=60, window=2),

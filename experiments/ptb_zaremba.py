@@ -33,7 +33,7 @@ epoch.
 
 Commands::
 
-  python experiments/ptb_zaremba.py --config small          # CPU (about an hour on 2 cores)
+  python experiments/ptb_zaremba.py --config small          # CPU (about half an hour on 2 cores)
   python experiments/ptb_zaremba.py --config medium         # GPU (experiments/gpu_ptb.sh)
   python experiments/ptb_zaremba.py --config medium --variants
   python experiments/ptb_zaremba.py --config gal --mc-samples 100   # GPU

@@ -246,7 +246,10 @@ def listing(docs: Path) -> str:
     cost = "days" if s.kind == "long" and minutes is None else f"{minutes:g} min"
     cost += " (resumed: the last invocation's)" if m.get("resumed") else ""
     last = f"{s.last_run} (files not kept)" if s.last_run else "not published"
-    rows.append([s.name, s.kind, cost, m.get("commit", last), s.page, " ".join(s.argv)])
+    commit = m.get("commit", last)
+    if "commit" in m and not current(m["commit"], s.code):
+      commit += " (its code has changed since)"
+    rows.append([s.name, s.kind, cost, commit, s.page, " ".join(s.argv)])
   header = ["study", "kind", "wall time (last run)", "commit", "page", "command"]
   return tables.markdown(header, rows)
 

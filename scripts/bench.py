@@ -82,7 +82,7 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
   )
   add = p.add_argument
   if mode != "profile":
-    # Separate processes differ by 10-20% on a small CPU: the median over processes is steadier.
+    # Separate processes differ by up to tens of percent on a small CPU: the median is steadier.
     add("--rounds", type=int, default=1, help="measure everything this many times, alternating")
   timeout = None if mode == "cores" else 1200
   timeout_help = f"seconds per measurement; slower ones fail (default: {timeout or 'none'})"

@@ -222,7 +222,7 @@ def test_a_missing_ptb_folder_is_refused_before_anything_runs(tmp_path):
     rp.check_inputs(rp.selected(args), args)
 
 
-def test_the_list_names_every_study_with_its_cost_and_last_commit(toy, capsys):
+def test_the_list_names_every_study_with_its_cost_and_last_commit(toy, capsys, monkeypatch):
   run, _ = toy
   run()
   capsys.readouterr()
@@ -231,6 +231,10 @@ def test_the_list_names_every_study_with_its_cost_and_last_commit(toy, capsys):
   assert [r[0].strip("| ") for r in rows] == ["toy", "slow", "card", "old"]
   assert rows[0][3] == "abc1234" and rows[1][2] == "days" and rows[2][3] == "not published"
   assert rows[3][3] == "def5678 (files not kept)"
+  monkeypatch.setattr(rp.results, "commit", lambda *_: "fff0000")  # abc1234 is unknown here
+  run("--list")
+  rows = [r.split(" | ") for r in capsys.readouterr().out.splitlines()[2:]]
+  assert rows[0][3] == "abc1234 (its code has changed since)"
 
 
 def test_every_real_study_names_an_existing_page_and_command():
