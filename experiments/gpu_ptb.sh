@@ -23,7 +23,7 @@
 # 1.2-1.3x as long. Not yet measured on a GPU: MEDIUM_EST_S assumes 1.15x.
 # The goals are 6 minutes for the medium group (not met) and 8 for large. An H100
 # has the same compute and slower memory; expect these or a little more there.
-# Each part is meant to be its own call (a command may run 10 minutes):
+# Each part is meant to be its own job (of at most 10 minutes):
 #   CONFIGS=medium bash experiments/gpu_ptb.sh; CONFIGS=large bash experiments/gpu_ptb.sh
 # A part whose estimate exceeds what is left of BUDGET is not started (and the
 # script then exits with status 3).

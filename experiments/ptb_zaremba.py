@@ -231,9 +231,9 @@ def run_study(
   """Trains the jobs and writes the table; returns the Markdown table's path.
 
   Callable without the command-line dependency (experiments/gpu_ptb.sh uses it).
-  ``checkpoints=False`` writes none (the runs cannot resume): for a machine whose
-  disk does not outlast the call, where writing a group's states each epoch costs
-  training time. ``config="gal"`` keeps its final and best checkpoints either way: the
+  ``checkpoints=False`` writes none (the runs cannot resume): for a job whose scratch
+  disk does not outlast it, where writing a group's states each epoch costs training
+  time. ``config="gal"`` keeps its final and best checkpoints either way: the
   Monte-Carlo evaluation reads the best.
   """
   if config == "gal":
