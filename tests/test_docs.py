@@ -108,7 +108,8 @@ ABSOLUTE = re.compile(r"(?:^|[\s'\"(=`])/(?:[\w.-]+/){2,}", re.M)
 
 
 def published_texts() -> list[Path]:
-  return [p for p in sorted((DOCS / "results").rglob("*")) if p.suffix in (".txt", ".md", ".csv", ".json")]
+  texts = (".txt", ".md", ".csv", ".json")
+  return [p for p in sorted((DOCS / "results").rglob("*")) if p.suffix in texts]
 
 
 def test_published_files_name_no_path_of_the_machine_that_ran_them():

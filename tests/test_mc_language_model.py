@@ -55,6 +55,33 @@ def test_passes_differ_and_their_mean_probability_beats_their_mean_loss():
     mc_test_nll(model, state, stream, key, samples=0)
 
 
+def test_the_estimate_is_the_mean_probability_of_passes_with_their_documented_keys():
+  """Written out pass by pass and window by window: pass ``s`` carries its own state and
+  draws window ``w``'s masks from ``fold_in(split(key)[s], w)``; a word's probability is
+  the mean over the passes."""
+  model, state, stream = _setup(DropoutConfig(0.5, 0.5, 0.5, recurrent=0.3, embedding=0.2))
+  key, samples = jax.random.key(7), 3
+  m = mc_test_nll(model, state, stream, key, samples=samples)
+  logp = []  # [samples, words]
+  for k in jax.random.split(key, samples):
+    carry, words = model.initialize_carry(1), []
+    for w in range(stream["x"].shape[0]):
+      batch = {n: jnp.asarray(a[w]) for n, a in stream.items()}
+      logits, carry = steps.forward(
+        model, steps.LANGUAGE_MODEL, state.params, state, batch, train=True,
+        key=jax.random.fold_in(k, w), carry=carry,
+      )  # fmt: skip
+      lp = jax.nn.log_softmax(logits.astype(jnp.float32))
+      lp = np.take_along_axis(np.asarray(lp), stream["y"][w][..., None], -1)[..., 0]
+      words.append(lp[stream["mask"][w].astype(bool)])
+    logp.append(np.concatenate(words))
+  logp = np.asarray(logp, np.float64)
+  assert logp.shape == (samples, 60)
+  np.testing.assert_allclose(m["pass_nll"], -logp.sum(1), rtol=1e-5)
+  want = -np.sum(np.log(np.mean(np.exp(logp), axis=0)))
+  np.testing.assert_allclose(m["nll"], want, rtol=1e-5)
+
+
 def test_an_early_stopped_language_model_is_scored_on_its_test_split(tmp_path):
   """The test split is scored only at a run's last epoch, which early stopping decides."""
   from lstmdrop_jax.train import Config, train_and_evaluate

@@ -83,6 +83,31 @@ def test_embedding_dropout_drops_whole_words():
     d = dropped[tokens == w]
     assert bool(jnp.all(d)) or not bool(jnp.any(d)), f"word {w} dropped only sometimes"
   assert 0 < int(dropped[0, :V].sum()) < V
+  # A kept word's embedding is scaled by 1 / (1 - p).
+  table = v["params"]["embed"]["embedding"]
+  np.testing.assert_allclose(x[~dropped], table[tokens][~dropped] / 0.5, rtol=1e-6)
+
+
+def test_weight_dropout_is_dropconnect_on_the_recurrent_kernel(monkeypatch):
+  """``weight=p``: one keep mask over ``W_hh`` per forward pass, kept entries scaled by
+  1 / (1 - p); the pass equals a deterministic one with that kernel."""
+  from lstmdrop_jax import LSTMStack
+  from tests.helpers import record_masks
+
+  x = jax.random.normal(jax.random.key(0), (3, 7, 4))
+  stack = LSTMStack(hidden=6, layers=2, dropout=DropoutConfig(weight=0.4))
+  v = stack.init(jax.random.key(1), x)
+  with monkeypatch.context() as m:
+    drawn = record_masks(m, "keep_mask")
+    y = stack.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)})
+  assert [d.shape for d in drawn] == [(6, 24)] * 2  # one [H, 4H] mask per layer
+  params = jax.tree.map(lambda a: a, v["params"])
+  for layer, keep in enumerate(drawn):
+    kernel = params[f"layer_{layer}"]["kernel_hh"]
+    params[f"layer_{layer}"]["kernel_hh"] = kernel * keep / 0.6
+  want = LSTMStack(hidden=6, layers=2).apply({"params": params}, x)
+  np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(y, stack.apply(v, x))
 
 
 def test_language_model_bad_inputs():

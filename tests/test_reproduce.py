@@ -122,7 +122,7 @@ def f(x):
     (("A module.", "What the module does now."), True),  # a docstring
     (("# a comment", "# another comment"), True),
     (('"""Scaled."""', '"""Scaled by RATE,\n  over two lines."""'), True),
-    (("RATE = 0.5  # a comment", "RATE = 0.5\n\"\"\"The rate.\"\"\""), True),  # attribute docstring
+    (("RATE = 0.5  # a comment", 'RATE = 0.5\n"""The rate."""'), True),  # attribute docstring
     (("RATE = 0.5", "RATE = 0.25"), False),  # a constant
     (("x * RATE", "RATE * x"), False),  # an expression
     (('"""Scaled."""', '"""Scaled."""\n  print(x)'), False),  # an expression statement

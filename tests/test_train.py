@@ -48,6 +48,34 @@ def test_tiny_run_writes_every_file(tmp_path):
   assert train_and_evaluate(dataclasses.replace(TINY, mc_samples=3), run) == summary
 
 
+def test_monte_carlo_dropout_scores_the_best_checkpoint(tmp_path, monkeypatch):
+  """With the best epoch before the last, the MC evaluation gets the best state."""
+  from lstmdrop_jax.tasks.classification import ClassificationTask
+
+  # No epoch improves on the first: epoch 1 stays the best.
+  monkeypatch.setattr(ClassificationTask, "better", lambda self, record, best: False)
+  seen = []
+  mc_evaluate = ClassificationTask.mc_evaluate
+
+  def spy(self, model, state, k):
+    seen.append(state)
+    return mc_evaluate(self, model, state, k)
+
+  monkeypatch.setattr(ClassificationTask, "mc_evaluate", spy)
+  summary = train_and_evaluate(dataclasses.replace(TINY, mc_samples=3), tmp_path / "run")
+  assert summary["best"]["epoch"] == 1 and summary["final"]["epoch"] == 4
+  ckpt = RunCheckpoints(tmp_path / "run")
+  try:
+    best, _ = ckpt.restore(which="best")
+    last, _ = ckpt.restore(which="last")
+  finally:
+    ckpt.close()
+  (state,) = seen
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in
+                          zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))  # fmt: skip
+  assert same(state.params, best["params"]) and not same(state.params, last["params"])
+
+
 def test_a_run_without_checkpoints_trains_the_same_and_writes_none(tmp_path):
   with_ckpt = train_and_evaluate(TINY, tmp_path / "a")
   without = train_and_evaluate(dataclasses.replace(TINY, checkpoint_every=0), tmp_path / "b")

@@ -179,6 +179,46 @@ def test_mask_statistics_and_time_locking(monkeypatch):
   assert abs((1 - cell.mean()) - 0.25) < 5 * np.sqrt(0.25 * 0.75 / cell.size)
 
 
+STACK_CONFIGS = {
+  "recurrent": DropoutConfig(recurrent=0.3),
+  "semeniuta": DropoutConfig(semeniuta=0.3),
+  "semeniuta_locked": DropoutConfig(semeniuta=0.3, time_locked=["semeniuta"]),
+  "rnndrop": DropoutConfig(rnndrop=0.3),
+  "zoneout": DropoutConfig(zoneout_h=0.3, zoneout_c=0.2),
+}
+
+
+@pytest.mark.parametrize("name", STACK_CONFIGS)
+def test_the_stack_scales_the_masks_it_draws_as_the_reference_does(monkeypatch, name):
+  """``LSTMStack`` draws each variant's masks and turns them into the cell's arguments
+  (keep masks scaled by 1 / (1 - p), a locked mask repeated over time); with the masks it
+  drew, the reference computes the same sequence."""
+  cfg = STACK_CONFIGS[name]
+  x = jax.random.normal(jax.random.key(1), (B, T, F))
+  stack = LSTMStack(hidden=H, dropout=cfg)
+  v = stack.init(jax.random.key(0), x)
+  with monkeypatch.context() as m:
+    keep = record_masks(m, "keep_mask16")
+    zone = record_masks(m, "zone_mask")
+    y = stack.apply(v, x, train=True, rngs={"dropout": jax.random.key(5)})
+  keep = [a.astype(np.float32) for a in keep]
+  masks = {}
+  if name == "recurrent":
+    masks["s"] = keep[0] / 0.7
+  elif name.startswith("semeniuta"):
+    masks["u"] = np.broadcast_to(keep[0], (T, B, H)) / 0.7  # locked: [1, B, H]
+  elif name == "rnndrop":
+    masks["k"], masks["r"] = keep[0], keep[0] / 0.7
+  else:
+    masks["zh"], masks["zc"] = (z.astype(np.float32) for z in zone)
+  assert len(keep) + len(zone) == len(masks) - (name == "rnndrop")  # each drawn mask used
+  h0 = jnp.zeros((B, H))
+  p = v["params"]["layer_0"]
+  _, want = reference(p, jnp.swapaxes(x, 0, 1), h0, h0, jnp.ones((T, B), bool), masks)
+  np.testing.assert_allclose(y, jnp.swapaxes(want, 0, 1), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(y, LSTMStack(hidden=H).apply(v, x))  # the variant acts
+
+
 def test_zoneout_uses_its_expectation_at_evaluation(monkeypatch):
   x = jax.random.normal(jax.random.key(1), (B, T, F))
   cfg = DropoutConfig(zoneout_h=0.2, zoneout_c=0.4)

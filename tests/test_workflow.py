@@ -198,6 +198,32 @@ def test_load_run_predicts_what_the_model_computes(own_run):
   assert not np.allclose(mean, p)
 
 
+def test_mc_predictions_are_the_mean_and_spread_of_passes_with_their_documented_keys(own_run):
+  """Batch ``i`` (from series ``i``) draws pass ``s``'s masks from
+  ``split(key(seed + i), K)[s]``; the mean and standard deviation are over the K passes."""
+  workdir, _, data, _ = own_run
+  run = load_run(workdir, "best")
+  K, seed, n = 5, 3, 8
+  mean, std = run.predict_proba(
+    data.x_test, data.lengths_test, mc_samples=K, seed=seed, batch_size=n
+  )
+  x = run.normalizer(data.x_test, data.lengths_test)
+  passes = []  # [K, N] of p(class 1)
+  for s in range(K):
+    batches = []
+    for i in range(0, len(x), n):
+      k = jax.random.split(jax.random.key(seed + i), K)[s]
+      logit = run.model.apply(run.variables, x[i : i + n], lengths=data.lengths_test[i : i + n],
+                              train=True, rngs={"dropout": k})  # fmt: skip
+      batches.append(np.asarray(jax.nn.sigmoid(logit), np.float64))
+    passes.append(np.concatenate(batches))
+  passes = np.asarray(passes)
+  np.testing.assert_allclose(mean[:, 1], passes.mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(std[:, 1], passes.std(0), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(std[:, 0], std[:, 1], atol=1e-6)
+  assert (passes.std(0) > 1e-3).mean() > 0.5  # the passes differ
+
+
 def test_predict_writes_probabilities_and_scores_labels(own_run, tmp_path):
   workdir, _, data, _ = own_run
   np.savez(tmp_path / "new.npz", x=data.x_test, lengths=data.lengths_test, y=data.y_test)
