@@ -278,6 +278,15 @@ def test_export_to_pytorch_gives_the_same_predictions(tmp_path):
   with torch.no_grad():
     theirs = torch.sigmoid(model(torch.from_numpy(xn))).numpy()
   np.testing.assert_allclose(theirs, run.predict_proba(x)[:, 1], atol=2e-6)
+  # The command line's export: a state dict that loads into the same module.
+  np.savez(tmp_path / "x.npz", x=x)
+  exported = tmp_path / "model.pt"
+  predict_main(["--workdir", str(tmp_path / "run"), "--input", str(tmp_path / "x.npz"),
+                "--out", str(tmp_path / "p.csv"), "--export-torch", str(exported)])  # fmt: skip
+  again = Classifier()
+  again.load_state_dict(torch.load(exported))
+  with torch.no_grad():
+    np.testing.assert_array_equal(torch.sigmoid(again(torch.from_numpy(xn))).numpy(), theirs)
 
 
 # --- continue training, config files ------------------------------------------------
