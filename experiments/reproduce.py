@@ -1,7 +1,7 @@
 """Every documented table and figure from one command, at one commit.
 
 Each study in ``STUDIES`` is one command of this repository. ``reproduce.py`` runs the
-CPU studies in turn and publishes each one's small files (its Markdown and CSV tables,
+CPU studies in turn and then publishes each one's small files (its Markdown and CSV tables,
 plots, log, and per-epoch metrics and run summaries from ``lstmdrop_jax.results``, never
 checkpoints) into ``docs/results/<study>/`` with a ``manifest.json``: the command, the
 commit, the machine, the date and the wall time. The pages under ``docs/`` cite those
@@ -291,8 +291,8 @@ def without_local_paths(text: str, out: Path) -> str:
   return text.replace(f"{ROOT}{os.sep}", "")
 
 
-def run_study(study: Study, args: Args, out: Path, dest: Path, commit: str | None) -> bool:
-  """Runs one study and publishes it; False (said in one line) if its command failed."""
+def run_study(study: Study, args: Args, out: Path, dest: Path, commit: str | None) -> dict | None:
+  """Runs one study; its manifest's record, or None (said in one line) if it failed."""
   fill = {"out": str(out), "ptb": str(args.ptb_dir)}
   argv = [a.format(**fill) for a in study.command(args.quick)]
   cmd = [sys.executable, *argv] if argv[0].endswith(".py") else argv
@@ -308,7 +308,7 @@ def run_study(study: Study, args: Args, out: Path, dest: Path, commit: str | Non
   if code != 0:
     print(f"error: {study.name} failed (exit {code}) after {minutes:.1f} min; its log: "
           f"{out / 'log.txt'}; {dest / study.name} is unchanged", file=sys.stderr)  # fmt: skip
-    return False
+    return None
   record = {
     "study": study.name, "page": study.page, "command": " ".join(study.command(args.quick)),
     "quick": args.quick, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC",
@@ -320,10 +320,9 @@ def run_study(study: Study, args: Args, out: Path, dest: Path, commit: str | Non
   if lacking:
     print(f"error: {study.name} wrote no {' or '.join(lacking)} in {out}; "
           f"{dest / study.name} is unchanged", file=sys.stderr)  # fmt: skip
-    return False
-  target = publish(study, out, dest, record)
-  print(f"{study.name}: {minutes:.1f} min; published {target}", flush=True)
-  return True
+    return None
+  print(f"{study.name}: {minutes:.1f} min", flush=True)
+  return record
 
 
 def missing_files(study: Study, out: Path) -> list[str]:
@@ -358,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
   commit = results.commit()
-  failed = []
+  failed, finished = [], []
   for study in studies:
     done = manifest(dest / study.name)
     if not args.quick and not args.force and done and current(done.get("commit"), study.code):
@@ -367,8 +366,15 @@ def main(argv: Sequence[str] | None = None) -> None:
       continue
     if args.quick:
       shutil.rmtree(out / study.name, ignore_errors=True)  # toy runs start afresh
-    if not run_study(study, args, out / study.name, dest, commit):
+    record = run_study(study, args, out / study.name, dest, commit)
+    if record is None:
       failed.append(study.name)
+    else:
+      finished.append((study, record))
+  # Published once every study has run: none runs beside files this invocation changed,
+  # so the commit a study records (benchmark.json's) is the clean one the manifests name.
+  for study, record in finished:
+    print(f"{study.name}: published {publish(study, out / study.name, dest, record)}")
   if failed:
     raise SystemExit(f"failed: {', '.join(failed)}")
 

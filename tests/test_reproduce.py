@@ -18,6 +18,9 @@ from pathlib import Path
 out = Path(sys.argv[1])
 if os.environ.get("FAIL"):
   sys.exit(3)
+if os.environ.get("SEEN"):  # what is published while this study runs
+  with open(os.environ["SEEN"], "a") as f:
+    f.write(" ".join(sorted(os.listdir(os.environ["DOCS"]))) + "\\n")
 (out / "study.md").write_text("| a |\\n| --- |\\n| 1 |\\n")
 (out / "big.csv").write_text("x" * 5000)
 run = out / "runs" / "r0"
@@ -70,6 +73,23 @@ def test_a_full_run_publishes_tables_metrics_and_a_manifest(toy, capsys):
   run("--force")  # its run folders are there: the runs resume, the wall time is partial
   assert "(resuming)" in capsys.readouterr().out
   assert json.loads((folder / "manifest.json").read_text())["resumed"] is True
+
+
+def test_studies_publish_once_all_have_run(toy, tmp_path, monkeypatch):
+  """No study runs beside files the same invocation published (they would make the
+  checkout's commit read ``+changes`` to the studies that record it)."""
+  run, docs = toy
+  script = rp.STUDIES[0].argv[0]
+  two = (rp.Study("one", "docs/toy.md", "cpu", 1.0, (script, "{out}")),
+         rp.Study("two", "docs/toy.md", "cpu", 1.0, (script, "{out}")))  # fmt: skip
+  monkeypatch.setattr(rp, "STUDIES", two)
+  monkeypatch.setattr(rp, "BY_NAME", {s.name: s for s in two})
+  docs.mkdir()
+  monkeypatch.setenv("SEEN", str(tmp_path / "seen.txt"))
+  monkeypatch.setenv("DOCS", str(docs))
+  run()
+  assert (tmp_path / "seen.txt").read_text() == "\n\n"  # nothing published while they ran
+  assert sorted(p.name for p in docs.iterdir()) == ["one", "two"]
 
 
 def test_a_study_stays_current_while_what_its_results_do_not_depend_on_changes(tmp_path):
