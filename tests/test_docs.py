@@ -23,7 +23,8 @@ NUMBER = re.compile(rf"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w.]|{TIMES}|x\b)")
 
 
 def marked_tables(text: str) -> list[tuple[str, list[str]]]:
-  """Each marker's source path and the body rows of the table that follows it."""
+  """Each marker's source path and the lines of the table that follows it (header, rule,
+  body)."""
   lines, out = text.splitlines(), []
   for k, line in enumerate(lines):
     m = MARK.match(line.strip())
@@ -37,7 +38,7 @@ def marked_tables(text: str) -> list[tuple[str, list[str]]]:
       if not ln.startswith("|"):
         break
       table.append(ln)
-    out.append((m.group(1), table[2:]))  # after the header and its rule
+    out.append((m.group(1), table))
   return out
 
 
@@ -61,9 +62,9 @@ def unmatched(rows: list[str], source: str) -> list[str]:
 
 
 CASES = [
-  pytest.param(page, path, rows, id=f"{page.name}:{path}")
+  pytest.param(page, path, table, id=f"{page.name}:{path}")
   for page in PAGES
-  for path, rows in marked_tables(page.read_text())
+  for path, table in marked_tables(page.read_text())
 ]
 
 
@@ -72,12 +73,36 @@ def test_the_pages_mark_their_published_tables():
   assert {"benchmark.md", "PERFORMANCE.md", "ptb.md"} <= marked
 
 
-@pytest.mark.parametrize(("page", "path", "rows"), CASES)
-def test_a_marked_table_shows_its_files_numbers(page, path, rows):
+@pytest.mark.parametrize(("page", "path", "table"), CASES)
+def test_a_marked_table_shows_its_files_numbers(page, path, table):
   source = DOCS / path
   assert source.is_file(), f"{page.name}: {path} is not a file under docs/"
+  rows = table[2:]  # after the header and its rule
   assert rows, f"{page.name}: no table follows the marker for {path}"
   assert unmatched(rows, source.read_text()) == [], f"{page.name}: {path}"
+  assert not altered_copy(table, source.read_text()), f"{page.name}: {path} is not verbatim"
+
+
+def altered_copy(table: list[str], source: str) -> bool:
+  """Whether ``table`` has the header of a table in ``source`` (so it is that table,
+  shown as it is) but not its rows, line for line."""
+  lines = source.splitlines()
+  if table[0] not in lines:
+    return False  # a table laid out anew: its numbers are checked
+  start = lines.index(table[0])
+  return table != lines[start : start + len(table)]
+
+
+def test_a_copied_table_must_be_verbatim():
+  source = "| a | b |\n| --- | --- |\n| x | 1.0 |\n| y | 2.0 |\n"
+  lines = source.splitlines()
+  swapped = [lines[0], lines[1], "| x | 2.0 |", "| y | 1.0 |"]
+  assert unmatched(swapped[2:], source) == []  # every number is in the file
+  assert altered_copy(swapped, source) and not altered_copy(lines, source)
+  assert not altered_copy(["| b | a |", *swapped[1:]], source)  # laid out anew
+  verbatim = {p.name for p, path, table in (c.values for c in CASES)
+              if table[0] in (DOCS / path).read_text().splitlines()}  # fmt: skip
+  assert {"overfit.md", "ptb.md", "variants.md"} <= verbatim
 
 
 def test_a_number_the_file_lacks_is_caught():
