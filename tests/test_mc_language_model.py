@@ -62,15 +62,17 @@ def test_the_estimate_is_the_mean_probability_of_passes_with_their_documented_ke
   model, state, stream = _setup(DropoutConfig(0.5, 0.5, 0.5, recurrent=0.3, embedding=0.2))
   key, samples = jax.random.key(7), 3
   m = mc_test_nll(model, state, stream, key, samples=samples)
+  forward = jax.jit(
+    lambda batch, key, carry: steps.forward(
+      model, steps.LANGUAGE_MODEL, state.params, state, batch, train=True, key=key, carry=carry
+    )
+  )
   logp = []  # [samples, words]
   for k in jax.random.split(key, samples):
     carry, words = model.initialize_carry(1), []
     for w in range(stream["x"].shape[0]):
       batch = {n: jnp.asarray(a[w]) for n, a in stream.items()}
-      logits, carry = steps.forward(
-        model, steps.LANGUAGE_MODEL, state.params, state, batch, train=True,
-        key=jax.random.fold_in(k, w), carry=carry,
-      )  # fmt: skip
+      logits, carry = forward(batch, jax.random.fold_in(k, w), carry)
       lp = jax.nn.log_softmax(logits.astype(jnp.float32))
       lp = np.take_along_axis(np.asarray(lp), stream["y"][w][..., None], -1)[..., 0]
       words.append(lp[stream["mask"][w].astype(bool)])

@@ -62,8 +62,9 @@ def test_monte_carlo_dropout_scores_the_best_checkpoint(tmp_path, monkeypatch):
     return mc_evaluate(self, model, state, k)
 
   monkeypatch.setattr(ClassificationTask, "mc_evaluate", spy)
-  summary = train_and_evaluate(dataclasses.replace(TINY, mc_samples=3), tmp_path / "run")
-  assert summary["best"]["epoch"] == 1 and summary["final"]["epoch"] == 4
+  config = dataclasses.replace(TINY, mc_samples=3, epochs=2, checkpoint_every=1)
+  summary = train_and_evaluate(config, tmp_path / "run")
+  assert summary["best"]["epoch"] == 1 and summary["final"]["epoch"] == 2
   ckpt = RunCheckpoints(tmp_path / "run")
   try:
     best, _ = ckpt.restore(which="best")
