@@ -17,8 +17,8 @@ A study's runs resume after a kill, and a study is skipped when it is current: p
 at a commit whose code equals the checkout's, where its code is the library, ``pyproject.toml``
 and its own script (``Study.code``), so commits that touch only the documents, the tests,
 another study's script or the docstrings and comments of its code keep it (``--force`` runs
-it again). Re-running the command
-finishes what a killed one started. A failed study leaves its published folder as it was.
+it again). Re-running the command finishes what a killed one started. A failed study leaves
+its published folder as it was.
 
 ``--quick`` runs every CPU and long study's pipeline at toy sizes (a few minutes in all)
 into ``results/reproduce_quick/``, publishes there, and checks what each wrote. It never
@@ -267,8 +267,8 @@ def publish(study: Study, out: Path, dest: Path, record: dict) -> Path:
       left_out.append(path.name)
       continue
     shutil.copy2(path, staging / path.name)
-  if (staging / "log.txt").exists():
-    log = staging / "log.txt"
+  log = staging / "log.txt"
+  if log.exists():
     log.write_text(without_local_paths(log.read_text(), out))
   if study.runs:
     results.export_runs(out, staging)
