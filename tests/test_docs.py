@@ -146,5 +146,5 @@ def test_published_files_name_no_path_of_the_machine_that_ran_them():
 
 def test_an_absolute_path_is_caught():
   assert ABSOLUTE.search("/home/someone/results/reproduce/x/runs/a: finished")
-  assert ABSOLUTE.search("see '/work/repo/results/x'")
+  assert ABSOLUTE.search("see '/srv/lab/repo/results/x'")
   assert not ABSOLUTE.search("{out}/runs/a: finished; 50.2 ms/step; 1/13 epochs")
