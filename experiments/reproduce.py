@@ -73,6 +73,7 @@ class Study:
     runs: whether its output folder holds run folders (their metrics are published).
     last_run: the commit of its last run when that run's files were not kept (no manifest).
     uses: files of this repository its script imports or runs, besides ``CODE``.
+    env: environment settings its command runs with (``NAME=value``).
   """
 
   name: str
@@ -84,6 +85,7 @@ class Study:
   runs: bool = True
   last_run: str | None = None
   uses: tuple[str, ...] = ()
+  env: tuple[str, ...] = ()
 
   def command(self, quick: bool = False) -> tuple[str, ...]:
     return self.quick if quick and self.quick else self.argv
@@ -147,8 +149,13 @@ STUDIES = (
     uses=("experiments/ptb_zaremba.py",),
   ),
   Study(
+    "ptb_h200_gal", "docs/ptb.md", "gpu", 5.2,
+    ("bash", "experiments/gpu_ptb.sh"), uses=("experiments/ptb_zaremba.py",),
+    env=("PTB_DIR=.ptb", "CONFIGS=gal", "MC_SAMPLES=100"),
+  ),
+  Study(
     "gpu_bench", "docs/PERFORMANCE.md", "gpu", 6.0,
-    ("bash", "scripts/gpu_bench.sh"), runs=False, last_run="e89a34b",
+    ("bash", "scripts/gpu_bench.sh"), runs=False,
     uses=("scripts/bench.py", "scripts/bench_models.py", "experiments/overfit.py"),
   ),
 )  # fmt: skip
@@ -249,7 +256,7 @@ def listing(docs: Path) -> str:
     commit = m.get("commit", last)
     if "commit" in m and not current(m["commit"], s.code):
       commit += " (its code has changed since)"
-    rows.append([s.name, s.kind, cost, commit, s.page, " ".join(s.argv)])
+    rows.append([s.name, s.kind, cost, commit, s.page, " ".join((*s.env, *s.argv))])
   header = ["study", "kind", "wall time (last run)", "commit", "page", "command"]
   return tables.markdown(header, rows)
 

@@ -1,0 +1,83 @@
+"""A language model's Monte-Carlo dropout perplexity against the number of passes.
+
+For a trained run folder, scores the start of the test split once with the standard dropout
+approximation (dropout off) and then with Monte-Carlo dropout at each ``--samples`` count
+(``tasks.language_model.mc_test_nll``: every word's probability averaged over the passes).
+Also prints the mean perplexity of the single passes. Whether the Monte-Carlo estimate has
+converged, and to what, is read from the rows: the estimate of ``log`` mean probability is
+biased upwards for few passes and settles as the count grows.
+
+  python scripts/mc_samples.py RUN_FOLDER --tokens 10000 --samples 1 10 100 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstmdrop_jax import data as data_lib
+from lstmdrop_jax import predict, steps
+from lstmdrop_jax.data import text
+from lstmdrop_jax.tasks.language_model import mc_test_nll
+
+
+def standard_nll(run: predict.LoadedRun, state: steps.TrainState, stream: dict) -> float:
+  """The summed ``-log p`` of ``stream``'s words with dropout off, the state carried."""
+
+  def window(carry, batch):
+    logits, carry = steps.forward(
+      run.model, steps.LANGUAGE_MODEL, state.params, state, batch, train=False, carry=carry
+    )
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["y"][..., None], -1)[..., 0]
+    return carry, -jnp.sum(jnp.where(batch["mask"], logp, 0.0))
+
+  carry0 = run.model.initialize_carry(stream["x"].shape[1])
+  scan = jax.jit(lambda s: jax.lax.scan(window, carry0, s)[1])
+  return float(jnp.sum(scan({n: jnp.asarray(a) for n, a in stream.items()})))
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("run", help="a language model's run folder")
+  parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
+  parser.add_argument("--tokens", type=int, default=None, help="the test split's first N words")
+  parser.add_argument("--samples", type=int, nargs="+", default=[1, 10, 100])
+  parser.add_argument("--seed", type=int, default=0, help="the passes' key")
+  args = parser.parse_args(argv)
+  if any(s < 1 for s in args.samples):
+    raise SystemExit(f"error: --samples {args.samples}: every count must be >= 1")
+  try:
+    run = predict.load_run(args.run, args.checkpoint)
+  except (FileNotFoundError, predict.RunFolderError) as e:
+    raise SystemExit(f"error: {e}") from None
+  c = run.config
+  if c.dataset not in data_lib.TEXT_DATASETS:
+    raise SystemExit(f"error: {args.run} is a {c.dataset} run; this script scores language models")
+  tokens = data_lib.load_text(c.dataset, c.data_dir).test[: args.tokens]
+  stream = text.eval_stream(tokens, c.num_steps, 1)
+  state = steps.TrainState(
+    step=jnp.int32(0), params=run.variables["params"], opt_state=None, dropout=c.dropout,
+    carry=None,
+  )  # fmt: skip
+  count = float(np.sum(stream["mask"]))
+  print(f"{args.run}: {args.checkpoint} checkpoint (epoch {run.epoch}), {int(count)} test words")
+  print("| passes | MC test ppl | mean single-pass ppl | seconds |")
+  print("| --- | --- | --- | --- |")
+  standard = math.exp(standard_nll(run, state, stream) / count)
+  print(f"| standard (dropout off) | {standard:.2f} | | |")
+  for samples in args.samples:
+    t0 = time.perf_counter()
+    m = mc_test_nll(run.model, state, stream, jax.random.key(args.seed), samples)
+    single = np.mean(np.exp(m["pass_nll"] / count))
+    print(f"| {samples} | {math.exp(m['nll'] / count):.2f} | {single:.2f} | "
+          f"{time.perf_counter() - t0:.0f} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
