@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import tyro
@@ -172,6 +173,9 @@ class Args:
   """Print the studies, their cost, command and last published commit, and stop."""
   force: bool = False
   """Run a study even if it is already published at the current commit."""
+  jobs: int | None = None
+  """Studies run at once (default: one; with --quick, one per usable core). A full run
+  records its wall time, so full runs go one at a time unless told otherwise."""
   ptb_dir: Path = Path("../shared/data/ptb")
   """Folder with ptb.{train,valid,test}.txt, for the PTB studies."""
   out: Path | None = None
@@ -359,12 +363,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(listing(args.docs), end="")
     return
   try:
+    if args.jobs is not None and args.jobs < 1:
+      raise ValueError(f"--jobs {args.jobs}: run at least one study at a time (--jobs 1)")
     studies = selected(args)
     check_inputs(studies, args)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
   commit = results.commit()
-  failed, finished = [], []
+  todo = []
   for study in studies:
     done = manifest(dest / study.name)
     if not args.quick and not args.force and done and current(done.get("commit"), study.code):
@@ -373,11 +379,14 @@ def main(argv: Sequence[str] | None = None) -> None:
       continue
     if args.quick:
       shutil.rmtree(out / study.name, ignore_errors=True)  # toy runs start afresh
-    record = run_study(study, args, out / study.name, dest, commit)
-    if record is None:
-      failed.append(study.name)
-    else:
-      finished.append((study, record))
+    todo.append(study)
+  # Each study is its own process; most of a toy run is XLA compiling on one thread.
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  jobs = args.jobs or ((cores or 1) if args.quick else 1)
+  with ThreadPoolExecutor(max_workers=jobs) as pool:
+    records = list(pool.map(lambda s: run_study(s, args, out / s.name, dest, commit), todo))
+  failed = [s.name for s, r in zip(todo, records, strict=True) if r is None]
+  finished = [(s, r) for s, r in zip(todo, records, strict=True) if r is not None]
   # Published once every study has run: none runs beside files this invocation changed,
   # so the commit a study records (benchmark.json's) is the clean one the manifests name.
   for study, record in finished:

@@ -13,11 +13,18 @@ rp = load_script("experiments/reproduce.py", "reproduce")
 
 #: A study's command: writes a table, a run folder and a large file; exits 3 with FAIL set.
 SCRIPT = """
-import json, os, sys
+import json, os, sys, time
 from pathlib import Path
 out = Path(sys.argv[1])
 if os.environ.get("FAIL"):
   sys.exit(3)
+if os.environ.get("TOGETHER"):  # wait (10 s at most) for the other study to start
+  (Path(os.environ["TOGETHER"]) / out.name).touch()
+  deadline = time.time() + 10
+  while len(os.listdir(os.environ["TOGETHER"])) < 2:
+    if time.time() > deadline:
+      sys.exit(4)
+    time.sleep(0.05)
 if os.environ.get("SEEN"):  # what is published while this study runs
   with open(os.environ["SEEN"], "a") as f:
     f.write(" ".join(sorted(os.listdir(os.environ["DOCS"]))) + "\\n")
@@ -210,6 +217,14 @@ def test_quick_publishes_under_its_output_folder_and_never_in_docs(toy, tmp_path
   assert json.loads((published / "toy" / "manifest.json").read_text())["quick"]
 
 
+def test_quick_runs_studies_at_once(toy, tmp_path, monkeypatch):
+  run, _ = toy
+  (tmp_path / "together").mkdir()
+  monkeypatch.setenv("TOGETHER", str(tmp_path / "together"))
+  run("--quick", "--jobs", "2")  # one after the other, the first would wait in vain
+  assert sorted(p.name for p in (tmp_path / "together").iterdir()) == ["slow", "toy"]
+
+
 def test_a_study_that_writes_no_table_fails(toy, tmp_path, monkeypatch):
   run, _ = toy
   empty = tmp_path / "empty.py"
@@ -226,6 +241,7 @@ def test_a_study_that_writes_no_table_fails(toy, tmp_path, monkeypatch):
   [
     (["--only", "nope"], "--only: no study nope; the studies: toy, slow, card"),
     (["--only", "card"], "--only: card needs a GPU: run its command there (--list)"),
+    (["--jobs", "0"], "--jobs 0: run at least one study at a time (--jobs 1)"),
   ],
 )
 def test_bad_study_names_are_one_line(toy, argv, message):
