@@ -7,8 +7,8 @@
 #   3. gal: Gal & Ghahramani's variational medium LSTM (per-gate masks) over three
 #      seeds in one vmapped group, each run's best also scored with MC_SAMPLES
 #      Monte-Carlo dropout passes over the test set (experiments/ptb_zaremba.py
-#      --config gal). Not measured on a GPU yet: GAL_EST_S assumes half the medium
-#      group's training plus a minute of Monte-Carlo passes.
+#      --config gal). On one H200 at commit 293996e it took 312 s with 100
+#      passes (docs/ptb.md): GAL_EST_S.
 # Writes the tables, the log and every run's summary under $OUT, and no
 # checkpoints (the six medium runs' states are 1.4 GB, and a better validation
 # score comes nearly every epoch). Runs from the checkout without `pip install -e .` (it puts the

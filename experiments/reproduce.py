@@ -222,18 +222,29 @@ def current(published: str | None, code: Sequence[str], root: Path = ROOT) -> bo
 
 
 def _same_program(commit: str, path: str, root: Path) -> bool:
-  """Whether the Python file ``path`` parses to the same program at ``commit`` as in the
-  working tree once docstrings are dropped (comments never reach the tree). Any other file,
-  or one added, removed or unparsable on either side, is not the same."""
-  if not path.endswith(".py") or not (root / path).is_file():
+  """Whether ``path`` is the same program at ``commit`` as in the working tree: a Python
+  file parses to the same tree once docstrings are dropped (comments never reach the tree);
+  a shell script has the same lines once its blank lines and whole-line comments (but not
+  the ``#!`` line) are dropped. Any other file, or one added, removed or unparsable on
+  either side, is not the same."""
+  program = {".py": _program, ".sh": _shell_program}.get(Path(path).suffix)
+  if program is None or not (root / path).is_file():
     return False
   old = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=root, capture_output=True)
   if old.returncode != 0:
     return False
   try:
-    return _program(old.stdout.decode()) == _program((root / path).read_text())
+    return program(old.stdout.decode()) == program((root / path).read_text())
   except (SyntaxError, UnicodeDecodeError, ValueError):
     return False
+
+
+def _shell_program(source: str) -> list[str]:
+  """``source``'s lines without blank lines and lines that are only a comment."""
+  lines = source.splitlines()
+  shebang = lines[:1] if lines and lines[0].startswith("#!") else []
+  rest = lines[len(shebang) :]
+  return shebang + [ln for ln in rest if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def _program(source: str) -> str:

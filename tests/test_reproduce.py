@@ -172,12 +172,24 @@ def test_a_study_stays_current_through_docstrings_and_comments_alone(tmp_path, e
   assert rp.current(published, ("lstmdrop_jax",), tmp_path) is same
   path.unlink()  # a removed file
   assert not rp.current(published, ("lstmdrop_jax",), tmp_path)
-  other = tmp_path / "lstmdrop_jax" / "run.sh"  # only Python files are read as programs
-  other.write_text("'--rate=0.5'\n")
+  script = "#!/usr/bin/env bash\n# Trains.\nRATE=0.5  # the rate\necho $RATE\n"
+  other = tmp_path / "lstmdrop_jax" / "run.sh"
+  other.write_text(script)
+  data = tmp_path / "lstmdrop_jax" / "rates.txt"  # read as data, never as a program
+  data.write_text("# rates\n0.5\n")
   git("add", ".")
   git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
   published = git("rev-parse", "--short", "HEAD").stdout.decode().strip()
-  other.write_text("'--rate=0.25'\n")
+  for old, new, same in [
+    ("# Trains.\n", "# Trains the model,\n\n  # in two lines.\n", True),  # whole-line comments
+    ("RATE=0.5", "RATE=0.25", False),
+    ("# the rate", "# the step's rate", False),  # a trailing comment: the line is code
+    ("bash", "sh", False),  # the interpreter
+  ]:
+    other.write_text(script.replace(old, new))
+    assert rp.current(published, ("lstmdrop_jax",), tmp_path) is same, new
+  other.write_text(script)
+  data.write_text("# the rates\n0.5\n")
   assert not rp.current(published, ("lstmdrop_jax",), tmp_path)
 
 
