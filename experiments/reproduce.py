@@ -391,11 +391,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.quick:
       shutil.rmtree(out / study.name, ignore_errors=True)  # toy runs start afresh
     todo.append(study)
-  # Each study is its own process; most of a toy run is XLA compiling on one thread.
+  # Each study is its own process; most of a toy run is XLA compiling on one thread. The
+  # costliest start first (by their full runs' wall time), so none is left to run alone.
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   jobs = args.jobs or ((cores or 1) if args.quick else 1)
+  order = sorted(todo, key=lambda s: -(s.minutes or float("inf"))) if jobs > 1 else todo
   with ThreadPoolExecutor(max_workers=jobs) as pool:
-    records = list(pool.map(lambda s: run_study(s, args, out / s.name, dest, commit), todo))
+    runs = {s.name: pool.submit(run_study, s, args, out / s.name, dest, commit) for s in order}
+  records = [runs[s.name].result() for s in todo]
   failed = [s.name for s, r in zip(todo, records, strict=True) if r is None]
   finished = [(s, r) for s, r in zip(todo, records, strict=True) if r is not None]
   # Published once every study has run: none runs beside files this invocation changed,
