@@ -5,9 +5,12 @@ approximation (dropout off) and then with Monte-Carlo dropout at each ``--sample
 (``tasks.language_model.mc_test_nll``: every word's probability averaged over the passes).
 Also prints the mean perplexity of the single passes. Whether the Monte-Carlo estimate has
 converged, and to what, is read from the rows: the estimate of ``log`` mean probability is
-biased upwards for few passes and settles as the count grows.
+biased upwards for few passes and settles as the count grows. ``--off`` keeps placements
+off during the passes (the model is the one trained with them), to see which placement's
+noise the estimate pays for.
 
   python scripts/mc_samples.py RUN_FOLDER --tokens 10000 --samples 1 10 100 400
+  python scripts/mc_samples.py RUN_FOLDER --tokens 3000 --samples 50 --off embedding
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from lstmdrop_jax import data as data_lib
 from lstmdrop_jax import predict, steps
 from lstmdrop_jax.data import text
+from lstmdrop_jax.placements import RATE_FIELDS
 from lstmdrop_jax.tasks.language_model import mc_test_nll
 
 
@@ -49,6 +53,14 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--tokens", type=int, default=None, help="the test split's first N words")
   parser.add_argument("--samples", type=int, nargs="+", default=[1, 10, 100])
   parser.add_argument("--seed", type=int, default=0, help="the passes' key")
+  parser.add_argument(
+    "--off",
+    nargs="*",
+    default=[],
+    choices=RATE_FIELDS,
+    metavar="PLACEMENT",
+    help=f"placements kept off in the passes: any of {', '.join(RATE_FIELDS)}",
+  )
   args = parser.parse_args(argv)
   if any(s < 1 for s in args.samples):
     raise SystemExit(f"error: --samples {args.samples}: every count must be >= 1")
@@ -62,11 +74,14 @@ def main(argv: list[str] | None = None) -> None:
   tokens = data_lib.load_text(c.dataset, c.data_dir).test[: args.tokens]
   stream = text.eval_stream(tokens, c.num_steps, 1)
   state = steps.TrainState(
-    step=jnp.int32(0), params=run.variables["params"], opt_state=None, dropout=c.dropout,
-    carry=None,
+    step=jnp.int32(0), params=run.variables["params"], opt_state=None,
+    dropout=c.dropout.replace(**dict.fromkeys(args.off, 0.0)), carry=None,
   )  # fmt: skip
   count = float(np.sum(stream["mask"]))
-  print(f"{args.run}: {args.checkpoint} checkpoint (epoch {run.epoch}), {int(count)} test words")
+  off = f"; off in the passes: {', '.join(args.off)}" if args.off else ""
+  print(
+    f"{args.run}: {args.checkpoint} checkpoint (epoch {run.epoch}), {int(count)} test words" + off
+  )
   print("| passes | MC test ppl | mean single-pass ppl | seconds |")
   print("| --- | --- | --- | --- |")
   standard = math.exp(standard_nll(run, state, stream) / count)
