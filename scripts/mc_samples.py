@@ -46,7 +46,9 @@ def standard_nll(run: predict.LoadedRun, state: steps.TrainState, stream: dict) 
   return float(jnp.sum(scan({n: jnp.asarray(a) for n, a in stream.items()})))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
+  """Prints the table; returns its perplexities: ``standard``, and per count of passes
+  ``(mc, mean single-pass)``."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("run", help="a language model's run folder")
   parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
@@ -86,12 +88,15 @@ def main(argv: list[str] | None = None) -> None:
   print("| --- | --- | --- | --- |")
   standard = math.exp(standard_nll(run, state, stream) / count)
   print(f"| standard (dropout off) | {standard:.2f} | | |")
+  table: dict = {"standard": standard}
   for samples in args.samples:
     t0 = time.perf_counter()
     m = mc_test_nll(run.model, state, stream, jax.random.key(args.seed), samples)
-    single = np.mean(np.exp(m["pass_nll"] / count))
+    single = float(np.mean(np.exp(m["pass_nll"] / count)))
+    table[samples] = (math.exp(m["nll"] / count), single)
     print(f"| {samples} | {math.exp(m['nll'] / count):.2f} | {single:.2f} | "
           f"{time.perf_counter() - t0:.0f} |", flush=True)  # fmt: skip
+  return table
 
 
 if __name__ == "__main__":

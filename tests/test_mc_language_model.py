@@ -122,3 +122,29 @@ def test_a_language_model_run_reports_its_mc_test_perplexity(tmp_path):
   mc, final = summary["mc"], summary["final"]
   assert mc["samples"] == 3 and set(mc) == {"samples", "test/loss", "test/ppl"}
   assert np.isfinite(mc["test/ppl"]) and 1.0 < mc["test/ppl"] < 2 * final["test/ppl"]
+
+
+def test_mc_samples_script_scores_as_the_run_does_and_keeps_placements_off(tmp_path, capsys):
+  """scripts/mc_samples.py: its dropout-off row is the run's own test perplexity; one pass
+  is its own mean; with every placement kept off the passes are the dropout-off pass."""
+  from lstmdrop_jax.train import Config, train_and_evaluate
+  from tests.helpers import load_script
+
+  cfg = Config(
+    dataset="text", data_dir=str(_corpus(tmp_path)), hidden=8, layers=1, num_steps=5,
+    batch_size=4, optimizer="sgd", learning_rate=1.0, epochs=2, unroll=1,
+    dropout=DropoutConfig(input=0.3, output=0.3, embedding=0.2),
+  )  # fmt: skip
+  summary = train_and_evaluate(cfg, tmp_path / "lm", progress=False)
+  script = load_script("scripts/mc_samples.py", "mc_samples")
+  run = [str(tmp_path / "lm"), "--checkpoint", "last"]
+
+  on = script.main([*run, "--samples", "1", "3"])
+  np.testing.assert_allclose(on["standard"], summary["final"]["test/ppl"], rtol=1e-5)
+  assert on[1][0] == pytest.approx(on[1][1], rel=1e-6)  # one pass is its own mean
+  assert on[3][0] < on[3][1] and abs(on[3][0] - on["standard"]) > 1e-3
+  off = script.main([*run, "--samples", "3", "--off", "input", "output", "embedding"])
+  np.testing.assert_allclose([*off[3]], [off["standard"]] * 2, rtol=1e-5)
+  assert "off in the passes: input, output, embedding" in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="every count must be >= 1"):
+    script.main([*run, "--samples", "0"])
