@@ -32,18 +32,10 @@ from lstmdrop_jax.tasks.language_model import mc_test_nll
 
 
 def standard_nll(run: predict.LoadedRun, state: steps.TrainState, stream: dict) -> float:
-  """The summed ``-log p`` of ``stream``'s words with dropout off, the state carried."""
-
-  def window(carry, batch):
-    logits, carry = steps.forward(
-      run.model, steps.LANGUAGE_MODEL, state.params, state, batch, train=False, carry=carry
-    )
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["y"][..., None], -1)[..., 0]
-    return carry, -jnp.sum(jnp.where(batch["mask"], logp, 0.0))
-
-  carry0 = run.model.initialize_carry(stream["x"].shape[1])
-  scan = jax.jit(lambda s: jax.lax.scan(window, carry0, s)[1])
-  return float(jnp.sum(scan({n: jnp.asarray(a) for n, a in stream.items()})))
+  """The summed ``-log p`` of ``stream``'s words with dropout off, the state carried (the
+  library's evaluation of a split)."""
+  evaluate = jax.jit(steps.make_evaluate(run.model, steps.LANGUAGE_MODEL))
+  return float(evaluate(state, {n: jnp.asarray(a) for n, a in stream.items()})["loss_sum"])
 
 
 def main(argv: list[str] | None = None) -> dict:
