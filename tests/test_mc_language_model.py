@@ -148,3 +148,5 @@ def test_mc_samples_script_scores_as_the_run_does_and_keeps_placements_off(tmp_p
   assert "off in the passes: input, output, embedding" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="every count must be >= 1"):
     script.main([*run, "--samples", "0"])
+  with pytest.raises(SystemExit, match="is not a run folder"):
+    script.main([str(tmp_path / "nothing")])
