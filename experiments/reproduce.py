@@ -140,6 +140,13 @@ STUDIES = (
     runs=False, uses=("scripts/bench_models.py", "experiments/overfit.py"),  # its modes
   ),
   Study(
+    "softmax_cpu", "docs/PERFORMANCE.md", "cpu", 4.0,
+    ("scripts/softmax_bench.py", "--rounds", "5", "--out", "{out}"),
+    ("scripts/softmax_bench.py", "--impls", "ours", "torch", "--rounds", "1", "--warmup", "0",
+     "--steps", "1", "--repeats", "1", "--out", "{out}"),
+    runs=False, uses=("scripts/bench.py", "scripts/bench_models.py"),
+  ),
+  Study(
     "ptb_cpu", "docs/ptb.md", "long", None,
     ("experiments/ptb_cpu.py", "--data-dir", "{ptb}", "--out", "{out}"),
     ("experiments/ptb_cpu.py", "--quick", "--data-dir", "{ptb}", "--out", "{out}"),
