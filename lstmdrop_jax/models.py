@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax.typing import Initializer
 
-from lstmdrop_jax import masks
+from lstmdrop_jax import losses, masks
 from lstmdrop_jax.lstm import Carry, LSTMStack, symmetric_uniform
 from lstmdrop_jax.placements import DropoutConfig, is_off
 
@@ -105,6 +105,13 @@ class LanguageModel(_OnStack, kw_only=True):
       word-language-model example's tied ``nn.Linear`` does.
     init_scale: if set, every parameter (but a tied softmax's bias) is drawn
       from U(-s, s) as in Zaremba et al.; otherwise the library defaults.
+    head_block_rows: with targets, the softmax's loss and gradient are computed
+      this many rows of ``[B*T]`` at a time (``losses.softmax_xent_sum``), never
+      holding all ``[B*T, V]`` logits; None: all rows at once.
+
+  With ``targets_BT`` (and optionally ``weights_BT``, one weight per token),
+  ``model.apply`` returns ``(loss_sum, carry)`` instead of the logits: the summed
+  (weighted) negative log-likelihood of the targets.
   """
 
   vocab_size: int
@@ -114,10 +121,13 @@ class LanguageModel(_OnStack, kw_only=True):
   embed_dim: int | None = None
   tie_weights: bool = False
   init_scale: float | None = None
+  head_block_rows: int | None = None
 
   def __post_init__(self):
     if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
       raise ValueError(f"vocab_size must be a positive int, got {self.vocab_size!r}")
+    if self.head_block_rows is not None and self.head_block_rows < 1:
+      raise ValueError(f"head_block_rows must be >= 1 or None, got {self.head_block_rows!r}")
     embed_dim = self.hidden if self.embed_dim is None else self.embed_dim
     if self.tie_weights and embed_dim != self.hidden:
       raise ValueError(
@@ -140,7 +150,13 @@ class LanguageModel(_OnStack, kw_only=True):
 
   @nn.compact
   def __call__(
-    self, tokens_BT: Array, *, carry: Carry | None = None, train: bool = False
+    self,
+    tokens_BT: Array,
+    *,
+    carry: Carry | None = None,
+    train: bool = False,
+    targets_BT: Array | None = None,
+    weights_BT: Array | None = None,
   ) -> tuple[Array, Carry]:
     if tokens_BT.ndim != 2 or not jnp.issubdtype(tokens_BT.dtype, jnp.integer):
       raise ValueError(
@@ -175,13 +191,43 @@ class LanguageModel(_OnStack, kw_only=True):
     # see fused.project_steps).
     B, T, H = y_BTH.shape
     y_NH = y_BTH.reshape(B * T, H)
+    if targets_BT is not None:
+      return self._loss_sum(embed, y_NH, targets_BT, weights_BT), carry
     if self.tie_weights:
       bias_V = self.param("head_bias", nn.initializers.zeros_init(), (self.vocab_size,))
       logits_NV = embed.attend(y_NH) + bias_V
     else:
-      dense_inits = {}
-      if self.init_scale is not None:
-        dense_inits = {"kernel_init": inits["kernel_init"], "bias_init": inits["bias_init"]}
-      logits_NV = nn.Dense(self.vocab_size, name="head", **dense_inits)(y_NH)
+      logits_NV = self._head()(y_NH)
     logits = logits_NV.reshape(B, T, self.vocab_size)
     return logits, carry
+
+  def _head(self) -> nn.Dense:
+    """The untied softmax layer."""
+    dense_inits = {}
+    if self.init_scale is not None:
+      inits = self._inits()
+      dense_inits = {"kernel_init": inits["kernel_init"], "bias_init": inits["bias_init"]}
+    return nn.Dense(self.vocab_size, name="head", **dense_inits)
+
+  def _loss_sum(self, embed: nn.Embed, y_NH: Array, targets_BT: Array, weights_BT: Array | None):
+    """The summed NLL of ``targets_BT`` under the softmax of ``y_NH`` (``losses``)."""
+    if self.tie_weights:
+      bias_V = self.param("head_bias", nn.initializers.zeros_init(), (self.vocab_size,))
+      kernel_VH = embed.embedding
+    else:
+      head = self._head()
+      if self.is_initializing():
+        head(y_NH)  # creates its parameters
+      kernel_VH = head.variables["params"]["kernel"].T
+      bias_V = head.variables["params"]["bias"]
+    targets_N = targets_BT.reshape(-1)
+    weights_N = (
+      jnp.ones(targets_N.shape, jnp.float32)
+      if weights_BT is None
+      else weights_BT.reshape(-1).astype(jnp.float32)
+    )
+    if self.head_block_rows is None:
+      return losses.plain_xent_sum(y_NH, kernel_VH, bias_V, targets_N, weights_N)
+    return losses.softmax_xent_sum(
+      y_NH, kernel_VH, bias_V, targets_N, weights_N, self.head_block_rows
+    )

@@ -1,4 +1,4 @@
-"""Pure training and evaluation steps, losses and optimisers.
+"""Pure training and evaluation steps, and the objectives that score a batch.
 
 ``train_step(state, batch, key) -> (state, metrics)`` is a pure function of
 its arguments: the dropout key of a step is ``fold_in(key, state.step)``, so
@@ -31,6 +31,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from lstmdrop_jax import masks, platform
+from lstmdrop_jax.losses import classification_metrics, lm_metrics
 from lstmdrop_jax.optim import global_norm
 from lstmdrop_jax.placements import DropoutConfig
 
@@ -78,37 +79,6 @@ def create_train_state(
   )
 
 
-# --- losses -----------------------------------------------------------------
-
-
-def classification_metrics(logits: Array, y: Array, mask: Array) -> Metrics:
-  """Summed loss, correct count and example count over the unmasked rows.
-
-  ``logits`` ``[B]`` is one sigmoid logit (binary), ``[B, K]`` softmax logits.
-  """
-  if logits.ndim == 1:
-    loss_B = optax.sigmoid_binary_cross_entropy(logits, y.astype(logits.dtype))
-    pred_B = (logits > 0).astype(y.dtype)
-  else:
-    loss_B = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    pred_B = jnp.argmax(logits, -1).astype(y.dtype)
-  w = mask.astype(jnp.float32)
-  return {
-    "loss_sum": jnp.sum(loss_B * w),
-    "correct": jnp.sum((pred_B == y) * w),
-    "count": jnp.sum(w),
-  }
-
-
-def lm_metrics(logits_BTV: Array, y_BT: Array, mask_BT: Array | None = None) -> Metrics:
-  """Summed negative log-likelihood and token count (over ``mask_BT`` if given)."""
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, y_BT)
-  if mask_BT is None:
-    return {"loss_sum": jnp.sum(nll), "count": jnp.asarray(nll.size, jnp.float32)}
-  w = mask_BT.astype(jnp.float32)
-  return {"loss_sum": jnp.sum(nll * w), "count": jnp.sum(w)}
-
-
 # --- objectives: how a model is called on a batch and scored ----------------
 
 
@@ -131,6 +101,9 @@ class Objective:
       device's share of the loss is its own ``loss_sum`` over that.
     init_carry: ``init_carry(model, batch_size)``: the state carried across
       batches at the start of an epoch (None: no state).
+    train_metrics: ``train_metrics(model, variables, batch, carry, rngs) ->
+      (metrics, carry)``, what the training step differentiates; None: ``apply``
+      (``train=True``), then ``metrics``.
   """
 
   name: str
@@ -138,6 +111,7 @@ class Objective:
   metrics: Callable[[Array, Batch], Metrics]
   denominator: Callable[[Metrics, int], Array]
   init_carry: Callable[[nn.Module, int], Any]
+  train_metrics: Callable[..., tuple[Metrics, Any]] | None = None
 
 
 def _apply_classifier(model, variables, batch, carry, train, rngs):
@@ -147,6 +121,21 @@ def _apply_classifier(model, variables, batch, carry, train, rngs):
 
 def _apply_language_model(model, variables, batch, carry, train, rngs):
   return model.apply(variables, batch["x"], carry=carry, train=train, rngs=rngs)
+
+
+def _train_metrics_language_model(model, variables, batch, carry, rngs):
+  """With ``head_block_rows`` set, the model scores its targets itself, in blocks of rows
+  (``losses.softmax_xent_sum``); otherwise the logits, then ``lm_metrics``."""
+  if model.head_block_rows is None:
+    logits, carry = _apply_language_model(model, variables, batch, carry, True, rngs)
+    return lm_metrics(logits, batch["y"], batch.get("mask")), carry
+  mask = batch.get("mask")
+  weights = jnp.ones(batch["y"].shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+  loss_sum, carry = model.apply(
+    variables, batch["x"], carry=carry, train=True, rngs=rngs, targets_BT=batch["y"],
+    weights_BT=weights,
+  )  # fmt: skip
+  return {"loss_sum": loss_sum, "count": jnp.sum(weights)}, carry
 
 
 #: ``SequenceClassifier``: batches ``{'x', 'y', 'mask'[, 'lengths']}``; the
@@ -168,6 +157,7 @@ LANGUAGE_MODEL = Objective(
   metrics=lambda logits, batch: lm_metrics(logits, batch["y"], batch.get("mask")),
   denominator=lambda m, batch_size: batch_size,
   init_carry=lambda model, batch_size: model.initialize_carry(batch_size),
+  train_metrics=_train_metrics_language_model,
 )
 
 
@@ -179,9 +169,13 @@ def forward(model, objective, params, state, batch, *, train, key=None, carry=No
   compiled step serves every rate. A placement the model does not use is a
   concrete zero and compiles to nothing.
   """
-  m = model.clone(dropout=model.dropout.with_rates_of(state.dropout))
   rngs = None if key is None else {"dropout": key}
-  return objective.apply(m, {"params": params}, batch, carry, train, rngs)
+  return objective.apply(_with_rates(model, state), {"params": params}, batch, carry, train, rngs)
+
+
+def _with_rates(model: nn.Module, state: TrainState) -> nn.Module:
+  """``model`` with the state's (traced) dropout rates."""
+  return model.clone(dropout=model.dropout.with_rates_of(state.dropout))
 
 
 def make_train_step(
@@ -209,10 +203,15 @@ def make_train_step(
   """
 
   def loss_fn(params, state, batch, key):
-    logits, carry = forward(
-      model, objective, params, state, batch, train=True, key=key, carry=state.carry
-    )
-    m = objective.metrics(logits, batch)
+    if objective.train_metrics is None:
+      logits, carry = forward(
+        model, objective, params, state, batch, train=True, key=key, carry=state.carry
+      )
+      m = objective.metrics(logits, batch)
+    else:
+      variables, rngs = {"params": params}, {"dropout": key}
+      m, carry = objective.train_metrics(_with_rates(model, state), variables, batch,
+                                         state.carry, rngs)  # fmt: skip
     total = jax.lax.stop_gradient(m)  # the scale, not a function of the parameters
     batch_size = batch["y"].shape[0]
     if batch_axis is not None:

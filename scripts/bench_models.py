@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 #: name: batch B, steps T, input features F or vocabulary V, hidden H, layers L, and the head
 #: ("binary": one logit from the last step; "lm": next-token softmax). ``ptb_cpu`` is
 #: experiments/ptb_cpu.py's model (PyTorch's word-language-model example): tied softmax, SGD
-#: with gradient clipping ("sgd_clip"); the others train by Adam.
+#: with gradient clipping ("sgd_clip"); the others train by Adam. ``ptb_cpu_blocked`` is the
+#: same model whose softmax ours trains in blocks of rows (``blocks``: ``head_block_rows``).
 CONFIGS = {
   "seed_clf": dict(B=64, T=100, F=20, H=64, L=2, head="binary"),
   "zaremba_medium": dict(B=20, T=35, V=10_000, H=650, L=2, head="lm"),
@@ -23,6 +24,9 @@ CONFIGS = {
   "wide_clf": dict(B=256, T=100, F=20, H=512, L=2, head="binary"),
   "ptb_small": dict(B=20, T=20, V=10_000, H=200, L=2, head="lm"),
   "ptb_cpu": dict(B=20, T=35, V=10_000, H=200, L=2, head="lm", tied=True, opt="sgd_clip"),
+  "ptb_cpu_blocked": dict(
+    B=20, T=35, V=10_000, H=200, L=2, head="lm", tied=True, opt="sgd_clip", blocks=350
+  ),
 }
 #: The ptb_cpu recipe's SGD in our loss's units (per-token lr 20 and clip 0.25, x35 steps).
 SGD_LR, SGD_CLIP = 20.0 / 35, 0.25 * 35
@@ -115,7 +119,10 @@ def _ours(c: dict, impl: str, dtype: str, unroll: int | None, tx, x, dropout: st
   common = dict(hidden=c["H"], layers=c["L"], unroll=unroll, compute_dtype=cdt, impl=impl)
   common["dropout"] = DropoutConfig(**DROPOUT_PRESETS[dropout])
   if c["head"] == "lm":
-    lm = LanguageModel(vocab_size=c["V"], tie_weights=c.get("tied", False), **common)
+    lm = LanguageModel(
+      vocab_size=c["V"], tie_weights=c.get("tied", False), head_block_rows=c.get("blocks"),
+      **common,
+    )  # fmt: skip
     model, objective = lm, steps.LANGUAGE_MODEL
   else:
     model, objective = SequenceClassifier(**common), steps.CLASSIFIER

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lstmdrop_jax"
 LAYERS: tuple[tuple[str, ...], ...] = (
   # Leaves: no library import.
   ("platform", "placements", "tables", "console", "checkpoint", "convert", "parallel", "plots",
-   "data.text", "data.batching"),
+   "losses", "data.text", "data.batching"),
   ("groups", "masks", "fused", "optim", "run_folder", "data.normalize", "data.ptb",
    "data.synthetic"),
   ("dropout", "layer", "steps", "data.arrays"),

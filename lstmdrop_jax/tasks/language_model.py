@@ -63,6 +63,7 @@ class LanguageModelTask:
       compute_dtype=jnp.dtype(config.compute_dtype),
       init_scale=config.init_scale,
       tie_weights=config.tie_weights,
+      head_block_rows=config.head_block_rows,
       forget_bias=0.0 if config.forget_bias is None else config.forget_bias,
     )
 
