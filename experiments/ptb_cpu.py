@@ -132,6 +132,18 @@ def grid_jobs(data_dir: str, epochs: int) -> dict[str, Config]:
   return {n: dataclasses.replace(recipe(data_dir, d), epochs=epochs) for n, d in drops.items()}
 
 
+def best_val(run: Path, phase: str) -> float:
+  """The best validation perplexity of the finished run in folder ``run``.
+
+  Raises:
+    ValueError: it has not finished (the message says to run ``phase`` first).
+  """
+  summary = read_summary(run)
+  if summary is None or summary["best"] is None:
+    raise ValueError(f"the {phase} run {run.name} has not finished; run --phase {phase} first")
+  return summary["best"]["val/ppl"]
+
+
 def choose(grid_dir: Path) -> dict[str, str]:
   """Each recipe's candidate with the lowest best validation perplexity in the grid.
 
@@ -140,13 +152,7 @@ def choose(grid_dir: Path) -> dict[str, str]:
   """
   chosen = {}
   for name, candidates in CANDIDATES.items():
-    scores = {}
-    for cand in candidates:
-      summary = read_summary(grid_dir / f"{cand}_s0")
-      if summary is None or summary["best"] is None:
-        raise ValueError(f"the grid run {cand} has not finished; run --phase grid first")
-      scores[cand] = summary["best"]["val/ppl"]
-    chosen[name] = min(scores, key=scores.get)
+    chosen[name] = min(candidates, key=lambda c: best_val(grid_dir / f"{c}_s0", "grid"))
   return chosen
 
 
@@ -164,13 +170,7 @@ def better(full_dir: Path) -> str:
   Raises:
     ValueError: a recipe's run of phase ``full`` has not finished.
   """
-  scores = {}
-  for name in CANDIDATES:
-    summary = read_summary(full_dir / f"{name}_s0")
-    if summary is None or summary["best"] is None:
-      raise ValueError(f"the run {name}_s0 has not finished; run --phase full first")
-    scores[name] = summary["best"]["val/ppl"]
-  return min(scores, key=scores.get)
+  return min(CANDIDATES, key=lambda n: best_val(full_dir / f"{n}_s0", "full"))
 
 
 def seed_jobs(data_dir: str, chosen: dict[str, str], full_dir: Path) -> dict[str, Config]:
