@@ -10,9 +10,9 @@ them runs at memory speed, and they push the rest of the step out of the cache t
 ``softmax_xent_sum`` holds one block of rows at a time. Its forward pass computes, block
 by block, the loss and its gradients with respect to the features, the kernel and the
 bias; its backward pass only scales them by the cotangent. That is the work of the
-plain head (three products), in buffers a fraction of the size; the price is that the
-gradients are computed even when only the loss is wanted, so use it to train, not to
-evaluate. Each block also adds its share to the ``[V, H]`` kernel gradient, one more
+plain head (three products), in buffers a fraction of the size. Only differentiation
+takes the blocked path: called for its value alone, it is ``plain_xent_sum``, all rows at
+once. Each block also adds its share to the ``[V, H]`` kernel gradient, one more
 pass over that array: use the fewest blocks whose logits fit the cache.
 """
 
@@ -137,7 +137,8 @@ def _backward(block_rows, residuals, g):
   del block_rows
   d_features, d_kernel, d_bias, nll_N = residuals
   # The targets are integers: no cotangent (None).
-  return (g * d_features, g * d_kernel, g * d_bias, None, g * nll_N)
+  cast = lambda a: (g * a).astype(a.dtype)
+  return (cast(d_features), cast(d_kernel), cast(d_bias), None, cast(nll_N))
 
 
 softmax_xent_sum.defvjp(_forward, _backward)

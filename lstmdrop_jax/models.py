@@ -105,9 +105,10 @@ class LanguageModel(_OnStack, kw_only=True):
       word-language-model example's tied ``nn.Linear`` does.
     init_scale: if set, every parameter (but a tied softmax's bias) is drawn
       from U(-s, s) as in Zaremba et al.; otherwise the library defaults.
-    head_block_rows: with targets, the softmax's loss and gradient are computed
-      this many rows of ``[B*T]`` at a time (``losses.softmax_xent_sum``), never
-      holding all ``[B*T, V]`` logits; None: all rows at once.
+    head_block_rows: with targets, under differentiation, the softmax's loss and
+      gradient are computed this many rows of ``[B*T]`` at a time
+      (``losses.softmax_xent_sum``), never holding all ``[B*T, V]`` logits; None:
+      all rows at once.
 
   With ``targets_BT`` (and optionally ``weights_BT``, one weight per token),
   ``model.apply`` returns ``(loss_sum, carry)`` instead of the logits: the summed
@@ -126,7 +127,9 @@ class LanguageModel(_OnStack, kw_only=True):
   def __post_init__(self):
     if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
       raise ValueError(f"vocab_size must be a positive int, got {self.vocab_size!r}")
-    if self.head_block_rows is not None and self.head_block_rows < 1:
+    if self.head_block_rows is not None and (
+      not isinstance(self.head_block_rows, int) or self.head_block_rows < 1
+    ):
       raise ValueError(f"head_block_rows must be >= 1 or None, got {self.head_block_rows!r}")
     embed_dim = self.hidden if self.embed_dim is None else self.embed_dim
     if self.tie_weights and embed_dim != self.hidden:

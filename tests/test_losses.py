@@ -101,3 +101,11 @@ def test_the_config_reaches_the_language_model():
 
   config = Config(dataset="ptb", hidden=8, head_block_rows=350)
   assert LanguageModelTask.model_from(config, {"vocab_size": 10}).head_block_rows == 350
+
+
+def test_bf16_features_get_a_bf16_gradient_as_under_autodiff():
+  f, kernel, bias, y, w = _head()
+  f16 = f.astype(jnp.bfloat16)
+  got = jax.grad(lambda a: softmax_xent_sum(a, kernel, bias, y, w, 5))(f16)
+  want = jax.grad(lambda a: plain_xent_sum(a, kernel, bias, y, w))(f16)
+  assert got.dtype == want.dtype == jnp.bfloat16
